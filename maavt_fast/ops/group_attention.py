@@ -1,0 +1,57 @@
+"""Multi-head self-attention inside small token groups (the MA-AVT "LSA", spec §3.1).
+
+Shapes: x `(G, M, n, D)` — G groups with their own weights, M sequences per group, n tokens;
+qkv_weight `(G, 3D, D)`, qkv_bias `(G, 3D)`, proj_weight `(G, D, D)`, proj_bias `(G, D)`.
+Output `(G, M, n, D)` = per group `proj(softmax(q kᵀ / sqrt(D/heads)) v)`; no norm, no residual.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def group_attention_reference(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
+                              proj_weight: torch.Tensor, proj_bias: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Readable PyTorch reference."""
+    G, M, n, D = x.shape
+    hd = D // num_heads
+    qkv = torch.einsum("gmnd,ged->gmne", x, qkv_weight) + qkv_bias[:, None, None, :]
+    q, k, v = qkv.reshape(G, M, n, 3, num_heads, hd).permute(3, 0, 1, 4, 2, 5)  # each (G, M, H, n, hd)
+    attn = torch.softmax((q @ k.transpose(-1, -2)) * hd ** -0.5, dim=-1)
+    o = (attn @ v).transpose(2, 3).reshape(G, M, n, D)
+    return torch.einsum("gmnd,ged->gmne", o, proj_weight) + proj_bias[:, None, None, :]
+
+
+def _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"x must be (G, M, n, D); got {tuple(x.shape)}")
+    G, _, _, D = x.shape
+    expected = {"qkv_weight": (G, 3 * D, D), "qkv_bias": (G, 3 * D), "proj_weight": (G, D, D), "proj_bias": (G, D)}
+    for name, t in zip(expected, (qkv_weight, qkv_bias, proj_weight, proj_bias)):
+        if tuple(t.shape) != expected[name]:
+            raise ValueError(f"{name} must be {expected[name]} for x of shape {tuple(x.shape)}; got {tuple(t.shape)}")
+    if num_heads < 1 or D % num_heads:
+        raise ValueError(f"num_heads={num_heads} must divide D={D}")
+
+
+def group_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, proj_weight: torch.Tensor,
+                    proj_bias: torch.Tensor, num_heads: int, impl: str = "auto") -> torch.Tensor:
+    """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton"."""
+    _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
+    return group_attention_reference(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
+
+
+class GroupAttention(torch.nn.Module):
+    """G independent small self-attentions (stacked weights), run in one call."""
+
+    def __init__(self, groups: int, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        lin = [torch.nn.Linear(dim, 3 * dim) for _ in range(groups)]
+        proj = [torch.nn.Linear(dim, dim) for _ in range(groups)]
+        self.qkv_weight = torch.nn.Parameter(torch.stack([m.weight.data for m in lin]))
+        self.qkv_bias = torch.nn.Parameter(torch.stack([m.bias.data for m in lin]))
+        self.proj_weight = torch.nn.Parameter(torch.stack([m.weight.data for m in proj]))
+        self.proj_bias = torch.nn.Parameter(torch.stack([m.bias.data for m in proj]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return group_attention(x, self.qkv_weight, self.qkv_bias, self.proj_weight, self.proj_bias, self.num_heads)
