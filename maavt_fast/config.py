@@ -70,26 +70,59 @@ class ModelConfig:
 
 @dataclass
 class AudioConfig:
-    """Waveform -> (img_size, img_size) log-spectrogram (spec §1.2-§1.4)."""
+    """Waveform -> (img_size, img_size) log-spectrogram (spec §1.2-§1.4).
+
+    "stft": window = clip[(offset + j) mod len] for j < window_seconds * sample_rate (tiling the clip,
+    as the release does), clipped to [-1, 1], |STFT| (Hann, n_fft, hop, centred), log(x + 1e-7),
+    per-clip standardisation -> (n_fft // 2 + 1 freq, 1 + window // hop time).
+    "fbank" (AVE): Kaldi fbank with `n_fft`-sample frames every `hop` samples and img_size mel bins,
+    (x - fbank_mean) / (2 fbank_std), time padded/cropped to img_size -> (time, mel) (spec §8 Q21).
+    """
 
     sample_rate: int = 16000
     features: str = "stft"  # "stft" (VGGSound, CREMA-D) or "fbank" (AVE, Kaldi)
-    tile_to_seconds: float = 10.0  # repeat the clip until it is at least this long
+    tile_to_seconds: float = 10.0  # train crop offsets are drawn from [0, tile_to - window] seconds
     window_seconds: float = 5.0  # the crop fed to the STFT
     train_random_crop: bool = True  # False: fixed `test_offset_seconds` in training too (CREMA-D)
     test_offset_seconds: float = 3.0
     n_fft: int = 446
     hop: int = 358
+    pad_mode: str = "reflect"  # STFT edge padding: "reflect" (librosa < 0.10) or "constant" (librosa >= 0.10)
+    fbank_mean: float = -4.1426  # AVE normalisation constants (spec §1.4)
+    fbank_std: float = 3.2001
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.window_seconds * self.sample_rate)
+
+    def spectrogram_shape(self, img_size: int) -> tuple[int, int]:
+        """(rows, cols) of one spectrogram this config produces for `img_size` (fbank fills img_size)."""
+        if self.features == "fbank":
+            return img_size, img_size
+        return self.n_fft // 2 + 1, 1 + self.window_samples // self.hop
 
     def validate(self) -> None:
         _check_choice("data.audio.features", self.features, ("stft", "fbank"))
+        _check_choice("data.audio.pad_mode", self.pad_mode, ("reflect", "constant"))
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop <= 0:
             raise ConfigError("data.audio.sample_rate, n_fft and hop must be > 0")
+        if self.window_seconds <= 0:
+            raise ConfigError(f"data.audio.window_seconds must be > 0, got {self.window_seconds}")
+        if self.features == "stft" and self.train_random_crop and self.tile_to_seconds < self.window_seconds:
+            raise ConfigError(f"data.audio.tile_to_seconds={self.tile_to_seconds} must be >= "
+                              f"window_seconds={self.window_seconds} for random train crops")
+        if self.fbank_std <= 0:
+            raise ConfigError(f"data.audio.fbank_std must be > 0, got {self.fbank_std}")
 
 
 @dataclass
 class DataConfig:
-    """Where the clips are and how they become tensors (spec §1)."""
+    """Where the clips are and how they become tensors (spec §1).
+
+    `root` is the dataset folder in its official layout (see maavt_fast.data.manifests); for
+    dataset="csv" it is a manifest file (or a folder holding manifest.csv) with columns
+    split,video_or_frames,audio,label (paths relative to the manifest's folder).
+    """
 
     dataset: str = "vggsound"  # vggsound | cremad | ave | csv
     root: str = ""
@@ -103,50 +136,81 @@ class DataConfig:
     skip_bad: bool = False  # skip (and count) unreadable samples instead of raising
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    image_interp: str = "bilinear"  # resize filter: bilinear (VGGSound, CREMA-D) | bicubic (AVE)
+    train_augment: bool = True  # RandomResizedCrop + flip in training (AVE: False, spec §1.4)
     audio: AudioConfig = field(default_factory=AudioConfig)
 
     def validate(self) -> None:
         _check_choice("data.dataset", self.dataset, ("vggsound", "cremad", "ave", "csv"))
         _check_choice("data.decode", self.decode, ("cpu", "dali"))
+        _check_choice("data.image_interp", self.image_interp, ("bilinear", "bicubic"))
         if not 0.0 <= self.bg_prob < 1.0:
             raise ConfigError(f"data.bg_prob must be in [0, 1), got {self.bg_prob}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.frames_per_clip < 1:
             raise ConfigError(f"data.frames_per_clip must be >= 1, got {self.frames_per_clip}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if any(s <= 0 for s in self.image_std):
+            raise ConfigError(f"data.image_std must be > 0, got {self.image_std}")
         self.audio.validate()
+
+    def check_img_size(self, img_size: int) -> None:
+        """The spectrogram must come out (img_size, img_size), the model's square input."""
+        shape = self.audio.spectrogram_shape(img_size)
+        if shape != (img_size, img_size):
+            a = self.audio
+            raise ConfigError(f"data.audio gives {shape[0]}x{shape[1]} spectrograms (n_fft={a.n_fft} -> "
+                              f"{shape[0]} bins, {a.window_samples} samples / hop {a.hop} -> {shape[1]} frames) "
+                              f"but model.img_size is {img_size}: pick n_fft = 2*(img_size-1) and hop with "
+                              f"window // hop = img_size - 1")
+
+
+def _help(default, text: str):
+    """A dataclass field with a help text (shown by `maavt ... --help`)."""
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation and the loop (spec §6)."""
+    """Optimisation and the loop (spec §6). Defaults are the release's effective VGGSound recipe."""
 
-    batch_size: int = 256  # global, split over ranks
-    epochs: int = 50
-    max_steps: int | None = None  # stop early (demo, tests)
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine | step
-    warmup_epochs: float = 0.0
-    step_epochs: int = 15  # StepLR period for schedule="step"
-    step_gamma: float = 0.1
-    compile: bool = True
-    precision: str = "auto"  # auto | bf16 | fp32
-    grad_mod: bool = False  # OGM-GE gradient modulation (spec §5.1), with the halves the right way round
-    grad_mod_alpha: float = 0.1
-    seed: int = 1234
-    out_dir: str = "runs/maavt"
-    log_every: int = 10
-    ckpt_every: int = 200  # steps between `latest` checkpoints
-    eval_every: int = 1  # epochs between validations
+    batch_size: int = _help(256, "global batch size, split evenly over the ranks")
+    epochs: int = _help(50, "passes over the training split")
+    max_steps: int | None = _help(None, "stop after this many optimizer steps (None: run all epochs)")
+    lr: float = _help(1e-4, "peak learning rate of Adam (betas 0.9, 0.999)")
+    weight_decay: float = _help(0.0, "Adam L2 weight decay")
+    schedule: str = _help("constant", "learning-rate schedule after warm-up: constant | cosine | step")
+    warmup_epochs: float = _help(0.0, "linear warm-up length in (fractional) epochs")
+    step_epochs: int = _help(15, "schedule=step: multiply the lr by step_gamma every this many epochs")
+    step_gamma: float = _help(0.1, "schedule=step: decay factor")
+    compile: bool = _help(True, "torch.compile the whole train step (false: eager)")
+    precision: str = _help("auto", "auto (bf16 autocast on CUDA or CPUs with native bf16, else fp32) | bf16 | fp32")
+    device: str = _help("auto", "auto (cuda when available) | cpu | cuda")
+    grad_mod: bool = _help(False, "OGM-GE gradient modulation (spec §5.1) with the right classifier halves")
+    grad_mod_alpha: float = _help(0.1, "OGM-GE alpha: coeff = 1 - tanh(alpha * relu(ratio))")
+    seed: int = _help(1234, "seed of the model init, data order, augmentation and gradient noise")
+    out_dir: str = _help("runs/maavt", "where checkpoints, logs, curves and the resolved config go")
+    log_every: int = _help(10, "steps between progress lines / JSON log records")
+    ckpt_every: int = _help(200, "steps between `latest` checkpoints (also written at every epoch end)")
+    eval_every: int = _help(1, "epochs between validations (`best` checkpoint by val accuracy)")
+    eval_batches: int | None = _help(None, "validate on at most this many batches per rank (None: all)")
 
     def validate(self) -> None:
         _check_choice("train.schedule", self.schedule, ("constant", "cosine", "step"))
         _check_choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
-        if self.batch_size < 1 or self.epochs < 1:
-            raise ConfigError("train.batch_size and train.epochs must be >= 1")
+        _check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_batches"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_mod_alpha < 0:
+            raise ConfigError("train.weight_decay, train.warmup_epochs and train.grad_mod_alpha must be >= 0")
 
 
 @dataclass
@@ -158,6 +222,7 @@ class Config:
     def validate(self) -> "Config":
         self.model.validate()
         self.data.validate()
+        self.data.check_img_size(self.model.img_size)
         self.train.validate()
         return self
 
@@ -276,7 +341,8 @@ def _preset_ave() -> Config:
     audio = AudioConfig(sample_rate=16000, features="fbank", tile_to_seconds=0.0, window_seconds=1.0,
                         train_random_crop=False, test_offset_seconds=0.0, n_fft=400, hop=70)
     return Config(model=ModelConfig(num_classes=28),
-                  data=DataConfig(dataset="ave", frames_per_clip=10, bg_prob=0.0, val_fraction=0.0, audio=audio))
+                  data=DataConfig(dataset="ave", frames_per_clip=10, bg_prob=0.0, val_fraction=0.0,
+                                  image_interp="bicubic", train_augment=False, audio=audio))
 
 
 def _preset_synthetic() -> Config:
@@ -298,6 +364,8 @@ def _preset_tiny() -> Config:
     cfg.model = ModelConfig(vit="vit_tiny_patch16_224", img_size=32, depth=2, num_classes=5, proj_dim=16,
                             n_audio_tokens=3, n_visual_tokens=3, n_shared_tokens=3, lsa_heads=4)
     cfg.train = TrainConfig(batch_size=4, epochs=1, compile=False, out_dir="runs/tiny", log_every=1, ckpt_every=2)
+    cfg.data.audio = AudioConfig(sample_rate=16000, tile_to_seconds=2.0, window_seconds=1.0, test_offset_seconds=0.5,
+                                 n_fft=62, hop=516)  # -> 32 x 32 spectrogram
     return cfg
 
 

@@ -3,11 +3,20 @@
 Shapes: audio, visual `(L, B, P)` (L blocks, B rows, P features); keep `(B,)` bool (False = background
 row, excluded from both sides). Value per block: symmetric InfoNCE of `visual @ audio.T / temperature`
 over the kept rows; `reduction="mean"` averages the L block losses, `"none"` returns them `(L,)`.
+The temperature is a float or a tensor of shape `()` or `(L,)` (then it can be learnable).
+
+Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.contrastive`)
+behind the `torch.library` custom ops `maavt::blockwise_contrastive_fwd/_bwd`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from maavt_fast.ops import distributed
+from maavt_fast.ops._dispatch import load_kernels, use_triton
+
+_KERNELS = load_kernels("contrastive")
 
 
 def blockwise_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -17,15 +26,21 @@ def blockwise_projection(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 def blockwise_contrastive_loss_reference(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None,
                                          temperature: float | torch.Tensor = 0.07, normalize: bool = True,
-                                         reduction: str = "mean") -> torch.Tensor:
-    """Readable PyTorch reference: per-block `(L,)` losses, in fp32, from masked `(L, B, B)` logits."""
+                                         reduction: str = "mean", row_start: int = 0,
+                                         row_count: int | None = None) -> torch.Tensor:
+    """Readable PyTorch reference in fp32, from masked `(L, B, B)` logits.
+
+    Only the loss rows `row_start : row_start + row_count` (default: all) are summed; the division is
+    by the kept count of all B rows (that is the distributed local share of rank `row_start // B_local`).
+    """
     a, v = audio.float(), visual.float()
     if normalize:
         a, v = F.normalize(a, dim=-1), F.normalize(v, dim=-1)
     L, B, _ = a.shape
     if keep is None:
         keep = torch.ones(B, dtype=torch.bool, device=a.device)
-    logits = torch.bmm(v, a.transpose(1, 2)) / temperature  # (L, B, B): rows visual, columns audio
+    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=a.device)
+    logits = torch.bmm(v, a.transpose(1, 2)) / temperature.reshape(-1, 1, 1)  # (L, B, B): rows visual, cols audio
     pair_ok = keep[:, None] & keep[None, :]
     masked = logits.masked_fill(~pair_ok, float("-inf"))
     diag = torch.diagonal(logits, dim1=1, dim2=2)  # (L, B)
@@ -33,8 +48,9 @@ def blockwise_contrastive_loss_reference(audio: torch.Tensor, visual: torch.Tens
     lse_v2a = torch.logsumexp(masked, dim=2)
     lse_a2v = torch.logsumexp(masked, dim=1)
     per_row = torch.where(keep, 0.5 * (lse_v2a + lse_a2v) - diag, torch.zeros_like(diag))
+    rows = slice(row_start, B if row_count is None else row_start + row_count)
     n_keep = keep.sum().clamp(min=1)
-    per_block = per_row.sum(dim=1) / n_keep
+    per_block = per_row[:, rows].sum(dim=1) / n_keep
     return _reduce(per_block, reduction)
 
 
@@ -46,27 +62,108 @@ def _reduce(per_block: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
 
 
-def _check_inputs(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None) -> None:
+def _check_inputs(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None,
+                  temperature: float | torch.Tensor, reduction: str) -> None:
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     if audio.dim() != 3 or audio.shape != visual.shape:
         raise ValueError(f"audio and visual must both be (L, B, P); got {tuple(audio.shape)} and {tuple(visual.shape)}")
     if keep is not None and (keep.shape != (audio.shape[1],) or keep.dtype != torch.bool):
         raise ValueError(f"keep must be a bool tensor of shape ({audio.shape[1]},); got {keep.dtype} {tuple(keep.shape)}")
+    if isinstance(temperature, torch.Tensor) and temperature.numel() not in (1, audio.shape[0]):
+        raise ValueError(f"temperature must be a float or a tensor of 1 or L={audio.shape[0]} values; "
+                         f"got shape {tuple(temperature.shape)}")
+
+
+def _temperature_tensor(temperature: float | torch.Tensor, blocks: int, device: torch.device) -> torch.Tensor:
+    """fp32 temperature of shape () or (L,), keeping the autograd link of a tensor argument."""
+    if not isinstance(temperature, torch.Tensor):
+        return torch.full((), float(temperature), dtype=torch.float32, device=device)
+    return temperature.float().reshape(() if temperature.numel() == 1 else (blocks,))
+
+
+@torch.library.custom_op("maavt::blockwise_contrastive_fwd", mutates_args=())
+def _fused_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
+                   row_start: int, row_count: int, normalize: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton forward -> (per-block losses (L,), lse v->a (L, row_count), lse a->v (L, row_count)), fp32."""
+    sums, lse1, lse2 = _KERNELS.contrastive_forward(audio, visual, keep.view(torch.uint8), temperature,
+                                                    row_start, row_count, normalize)
+    return sums / keep.sum().clamp(min=1), lse1, lse2
+
+
+@_fused_forward.register_fake
+def _(audio, visual, keep, temperature, row_start, row_count, normalize):
+    lse = audio.new_empty(audio.shape[0], row_count, dtype=torch.float32)
+    return audio.new_empty(audio.shape[0], dtype=torch.float32), lse, torch.empty_like(lse)
+
+
+@torch.library.custom_op("maavt::blockwise_contrastive_bwd", mutates_args=())
+def _fused_backward(grad: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor,
+                    temperature: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor, row_start: int,
+                    normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward: grad (L,) of the per-block losses -> (d audio, d visual, d temperature)."""
+    gscale = (grad.float() / keep.sum().clamp(min=1)).contiguous()
+    da, dv, dtemp = _KERNELS.contrastive_backward(audio, visual, keep.view(torch.uint8), temperature, lse1, lse2,
+                                                  gscale, row_start, normalize)
+    return da, dv, dtemp.sum().reshape(()) if temperature.dim() == 0 else dtemp
+
+
+@_fused_backward.register_fake
+def _(grad, audio, visual, keep, temperature, lse1, lse2, row_start, normalize):
+    return torch.empty_like(audio), torch.empty_like(visual), torch.empty_like(temperature)
+
+
+def _setup_context(ctx, inputs, output):
+    audio, visual, keep, temperature, row_start, _, normalize = inputs
+    ctx.save_for_backward(audio, visual, keep, temperature, output[1], output[2])
+    ctx.row_start, ctx.normalize = row_start, normalize
+
+
+def _backward(ctx, grad, _grad_lse1, _grad_lse2):
+    da, dv, dtemp = _fused_backward(grad, *ctx.saved_tensors, ctx.row_start, ctx.normalize)
+    return da, dv, None, dtemp, None, None, None
+
+
+_fused_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None,
                                temperature: float | torch.Tensor = 0.07, normalize: bool = True,
-                               reduction: str = "mean", impl: str = "auto") -> torch.Tensor:
-    """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton"."""
-    _check_inputs(audio, visual, keep)
-    return blockwise_contrastive_loss_reference(audio, visual, keep, temperature, normalize, reduction)
+                               reduction: str = "mean", impl: str = "auto", gather: bool = False) -> torch.Tensor:
+    """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton".
+
+    gather=True (with a process group of W > 1 ranks) scores the local rows against the features of
+    all ranks (see `maavt_fast.ops.distributed`); with one rank or no process group it changes nothing.
+    """
+    _check_inputs(audio, visual, keep, temperature, reduction)
+    L, B, _ = audio.shape
+    if keep is None:
+        keep = torch.ones(B, dtype=torch.bool, device=audio.device)
+    gathered = gather and distributed.gather_active()
+    row_start = 0
+    if gathered:
+        audio, visual, keep, row_start = distributed.gather_features(audio, visual, keep)
+    if use_triton(impl, "blockwise_contrastive_loss", _KERNELS, audio, visual):
+        temp = _temperature_tensor(temperature, L, audio.device)
+        per_block = _fused_forward(audio, visual, keep, temp, row_start, B, normalize)[0]
+    else:
+        per_block = blockwise_contrastive_loss_reference(audio, visual, keep, temperature, normalize, "none",
+                                                         row_start, B)
+    if gathered:
+        per_block = distributed.global_loss(per_block)
+    return _reduce(per_block, reduction)
 
 
 class BlockwiseContrastiveLoss(torch.nn.Module):
-    """Module wrapper of `blockwise_contrastive_loss` with a fixed temperature."""
+    """Module wrapper of `blockwise_contrastive_loss` with a fixed temperature: (L, B, P) x2, keep (B,) -> loss."""
 
-    def __init__(self, temperature: float = 0.07, normalize: bool = True, reduction: str = "mean"):
+    def __init__(self, temperature: float = 0.07, normalize: bool = True, reduction: str = "mean",
+                 impl: str = "auto", gather: bool = False):
         super().__init__()
         self.temperature, self.normalize, self.reduction = temperature, normalize, reduction
+        self.impl, self.gather = impl, gather
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-        return blockwise_contrastive_loss(audio, visual, keep, self.temperature, self.normalize, self.reduction)
+        return blockwise_contrastive_loss(audio, visual, keep, self.temperature, self.normalize, self.reduction,
+                                          self.impl, self.gather)

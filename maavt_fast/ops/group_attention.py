@@ -3,10 +3,17 @@
 Shapes: x `(G, M, n, D)` — G groups with their own weights, M sequences per group, n tokens;
 qkv_weight `(G, 3D, D)`, qkv_bias `(G, 3D)`, proj_weight `(G, D, D)`, proj_bias `(G, D)`.
 Output `(G, M, n, D)` = per group `proj(softmax(q kᵀ / sqrt(D/heads)) v)`; no norm, no residual.
+
+Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.group_attention`,
+n <= 64) behind the `torch.library` custom ops `maavt::group_attention_fwd/_bwd`.
 """
 from __future__ import annotations
 
 import torch
+
+from maavt_fast.ops._dispatch import load_kernels, use_triton
+
+_KERNELS = load_kernels("group_attention")
 
 
 def group_attention_reference(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
@@ -33,19 +40,61 @@ def _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads) ->
         raise ValueError(f"num_heads={num_heads} must divide D={D}")
 
 
+@torch.library.custom_op("maavt::group_attention_fwd", mutates_args=())
+def _fused_forward(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, proj_weight: torch.Tensor,
+                   proj_bias: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton forward -> (output (G, M, n, D), attention output before the projection, fp32)."""
+    return _KERNELS.group_attention_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
+
+
+@_fused_forward.register_fake
+def _(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("maavt::group_attention_bwd", mutates_args=())
+def _fused_backward(grad: torch.Tensor, x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
+                    proj_weight: torch.Tensor, o: torch.Tensor, num_heads: int
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton backward -> gradients of (x, qkv_weight, qkv_bias, proj_weight, proj_bias)."""
+    return _KERNELS.group_attention_backward(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads)
+
+
+@_fused_backward.register_fake
+def _(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads):
+    G, _, _, D = x.shape
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(qkv_weight),
+            torch.empty_like(qkv_bias), torch.empty_like(proj_weight), qkv_bias.new_empty(G, D))
+
+
+def _setup_context(ctx, inputs, output):
+    x, qkv_weight, qkv_bias, proj_weight, _, num_heads = inputs
+    ctx.save_for_backward(x, qkv_weight, qkv_bias, proj_weight, output[1])
+    ctx.num_heads = num_heads
+
+
+def _backward(ctx, grad, _grad_o):
+    return (*_fused_backward(grad, *ctx.saved_tensors, ctx.num_heads), None)
+
+
+_fused_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
 def group_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, proj_weight: torch.Tensor,
                     proj_bias: torch.Tensor, num_heads: int, impl: str = "auto") -> torch.Tensor:
     """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton"."""
     _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
+    if use_triton(impl, "group_attention", _KERNELS, x, qkv_weight, qkv_bias, proj_weight, proj_bias):
+        return _fused_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)[0]
     return group_attention_reference(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
 
 
 class GroupAttention(torch.nn.Module):
-    """G independent small self-attentions (stacked weights), run in one call."""
+    """G independent small self-attentions (stacked weights), run in one call: (G, M, n, D) -> (G, M, n, D)."""
 
-    def __init__(self, groups: int, dim: int, num_heads: int):
+    def __init__(self, groups: int, dim: int, num_heads: int, impl: str = "auto"):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.impl = num_heads, impl
         lin = [torch.nn.Linear(dim, 3 * dim) for _ in range(groups)]
         proj = [torch.nn.Linear(dim, dim) for _ in range(groups)]
         self.qkv_weight = torch.nn.Parameter(torch.stack([m.weight.data for m in lin]))
@@ -54,4 +103,5 @@ class GroupAttention(torch.nn.Module):
         self.proj_bias = torch.nn.Parameter(torch.stack([m.bias.data for m in proj]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return group_attention(x, self.qkv_weight, self.qkv_bias, self.proj_weight, self.proj_bias, self.num_heads)
+        return group_attention(x, self.qkv_weight, self.qkv_bias, self.proj_weight, self.proj_bias, self.num_heads,
+                               self.impl)

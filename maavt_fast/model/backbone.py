@@ -1,0 +1,140 @@
+"""The frozen timm ViT shared by both modalities: building it, loading weights, embedding inputs.
+
+Nothing downloads unless asked: `weights=None` is a random init, a path loads a local file
+(.safetensors, .pth/.pt/.bin state dicts, JAX .npz), and `weights="timm"` uses timm's own pretrained
+mechanism (hub or local cache) for the tag in `ModelConfig.vit`.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from maavt_fast.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+PATCH = 16
+_IGNORED_PREFIXES = ("head.",)  # the classifier head of the pretrained ViT is never used
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, unreadable or does not fit the chosen ViT."""
+
+
+def build_vit(cfg: ModelConfig) -> VisionTransformer:
+    """timm ViT without its head, every parameter frozen, weights per `cfg.weights`."""
+    kwargs = dict(num_classes=0, img_size=cfg.img_size)
+    if cfg.depth is not None:
+        kwargs["depth"] = cfg.depth
+    pretrained = cfg.weights == "timm"
+    if pretrained:
+        log.info("loading pretrained ViT weights through timm for %s (hub or local cache)", cfg.vit)
+    try:
+        vit = timm.create_model(cfg.vit, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        raise WeightsError(f"timm could not build {cfg.vit!r}: {e}") from e
+    if not isinstance(vit, VisionTransformer) or vit.patch_embed.patch_size != (PATCH, PATCH):
+        raise ValueError(f"model.vit={cfg.vit!r} must be a timm VisionTransformer with patch size {PATCH}")
+    if vit.reg_token is not None or vit.no_embed_class or vit.global_pool != "token":
+        raise ValueError(f"model.vit={cfg.vit!r}: only class-token ViTs without register tokens are supported")
+    vit.patch_embed.strict_img_size = False
+    if cfg.weights not in (None, "timm"):
+        load_vit_weights(vit, cfg.weights)
+    vit.requires_grad_(False)
+    return vit
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors / .pth / .pt / .bin file (unwrapping `state_dict` / `model` containers)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign files raise many different types
+        raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
+    return sd
+
+
+def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
+    """Load a local pretrained-ViT file into `vit`; errors name missing/unexpected keys and shape mismatches."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist")
+        try:
+            vit.load_pretrained(str(path))
+        except Exception as e:
+            raise WeightsError(f"cannot load JAX weights {path} into this ViT: {type(e).__name__}: {e}") from e
+        return
+    sd = read_state_dict(path)
+    sd = {k: v for k, v in sd.items() if not k.startswith(_IGNORED_PREFIXES)}
+    sd = checkpoint_filter_fn(sd, vit)  # timm's own conversions (other layouts, pos-embed resize to img_size)
+    check_state_dict_fits(vit, sd, f"weights file {path}", ignore=_IGNORED_PREFIXES)
+    vit.load_state_dict(sd, strict=False)
+
+
+def check_state_dict_fits(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str,
+                          ignore: tuple[str, ...] = ()) -> None:
+    """Raise `WeightsError` naming every missing/unexpected key and shape mismatch of `sd` against `module`."""
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore)} if ignore else module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_short(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches {_short(shapes)}")
+        raise WeightsError(f"{what} does not fit the model: " + "; ".join(parts))
+
+
+def _short(items: list[str], n: int = 8) -> str:
+    return ", ".join(items[:n]) + (f" ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def embed_patches(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """Images `(N, 3, S, S)` or spectrograms `(N, S, S)` -> patch tokens `(N, (S/16)^2, D)`, row-major.
+
+    A spectrogram goes through the conv as one channel with the weights summed over the input channels,
+    which equals the release's copy of the spectrogram to 3 identical channels.
+    """
+    w, b = vit.patch_embed.proj.weight, vit.patch_embed.proj.bias
+    if x.dim() == 3:
+        y = F.conv2d(x.unsqueeze(1), w.sum(dim=1, keepdim=True), b, stride=PATCH)
+    else:
+        y = F.conv2d(x, w, b, stride=PATCH)
+    return y.flatten(2).transpose(1, 2)
+
+
+def position_embedding(vit: VisionTransformer, with_bg: bool, parity: bool) -> torch.Tensor:
+    """Positional embedding `(1, 1 + P (+1 with the BG token), D)` for `[CLS, patches(, BG)]`.
+
+    parity: the release resamples the 1-D (1, 1+P, D) table linearly to the longer sequence when the BG
+    token is on (spec §2.2). Otherwise the original table is kept and BG gets a zero embedding.
+    """
+    pos = vit.pos_embed
+    if not with_bg:
+        return pos
+    if parity:
+        return F.interpolate(pos.transpose(1, 2), size=pos.shape[1] + 1, mode="linear",
+                             align_corners=False).transpose(1, 2)
+    return torch.cat([pos, pos.new_zeros(1, 1, pos.shape[2])], dim=1)

@@ -1,0 +1,26 @@
+"""The model's typed output."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class MAAVTOutput:
+    """Per-sample rows are the flattened `N = B*T` clips/segments.
+
+    fg_logits `(N, C)`; bg_logits `(N,)` (None without the BG token); modality_logits: (audio, visual)
+    `(N, C)` each, from the FG classifier halves (for gradient modulation); attn `(N, S/16, S/16)` the
+    last block's CLS-row map over the patches when asked for; losses are 0-dim (None without labels,
+    or when the term is off).
+    """
+
+    fg_logits: torch.Tensor
+    bg_logits: torch.Tensor | None = None
+    modality_logits: tuple[torch.Tensor, torch.Tensor] | None = None
+    attn: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+    loss_fg: torch.Tensor | None = None
+    loss_bg: torch.Tensor | None = None
+    loss_cnt: torch.Tensor | None = None

@@ -1,0 +1,65 @@
+"""Learnable audio / visual / shared tokens and their LSA re-parameterisation (spec §2.3, §3.1).
+
+The LSA input is the token matrix itself, identical for every sample, so the re-parameterised tokens
+are computed once per step as `(n, D)` and broadcast over the batch (DESIGN.md item 1); groups of
+equal size run in one `group_attention` call.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from maavt_fast.config import ModelConfig
+from maavt_fast.ops import group_attention
+
+GROUPS = ("audio", "visual", "shared")
+
+
+class TokenAttention(nn.Module):
+    """One LSA: `qkv = Linear(D, 3D)`, `proj = Linear(D, D)`, `num_heads` heads; no norm, no residual."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"model.lsa_heads={num_heads} must divide the ViT width {dim}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+
+class LearnableTokens(nn.Module):
+    """Parameters `audio`, `visual`, `shared` `(n, D)` (the groups that are on) and LSAs `<group>_attn`."""
+
+    def __init__(self, cfg: ModelConfig, dim: int):
+        super().__init__()
+        counts = {"audio": cfg.n_audio_tokens if cfg.unimodal_tokens else 0,
+                  "visual": cfg.n_visual_tokens if cfg.unimodal_tokens else 0,
+                  "shared": cfg.n_shared_tokens if cfg.shared_tokens else 0}
+        self.groups = tuple(g for g in GROUPS if counts[g] > 0)
+        self.counts = counts
+        for g in self.groups:
+            setattr(self, g, nn.Parameter(torch.randn(counts[g], dim)))
+            if cfg.lsa:
+                setattr(self, f"{g}_attn", TokenAttention(dim, cfg.lsa_heads))
+        self.lsa = cfg.lsa
+
+    def lsa_module(self, group: str) -> TokenAttention:
+        return getattr(self, f"{group}_attn")
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        """Re-parameterised tokens per group that is on: `{group: (n_group, D)}`."""
+        raw = {g: getattr(self, g) for g in self.groups}
+        if not self.lsa:
+            return raw
+        out: dict[str, torch.Tensor] = {}
+        by_size: dict[int, list[str]] = {}
+        for g in self.groups:
+            by_size.setdefault(self.counts[g], []).append(g)
+        for names in by_size.values():
+            mods = [self.lsa_module(g) for g in names]
+            y = group_attention(torch.stack([raw[g] for g in names]).unsqueeze(1),
+                                torch.stack([m.qkv.weight for m in mods]), torch.stack([m.qkv.bias for m in mods]),
+                                torch.stack([m.proj.weight for m in mods]), torch.stack([m.proj.bias for m in mods]),
+                                mods[0].num_heads)
+            out.update({g: y[i, 0] for i, g in enumerate(names)})
+        return out
