@@ -137,8 +137,8 @@ class MAAVT(nn.Module):
         if shared_means:
             means = torch.stack(shared_means, dim=1)  # (2, L, N, D): streams [audio, visual]
             za, zv = self.audio_proj(means[0]), self.visual_proj(means[1])
-            extra = {"gather": True} if self.contrastive_gather else {}
-            out.loss_cnt = blockwise_contrastive_loss(za, zv, keep, self.cfg.temperature, **extra)
+            out.loss_cnt = blockwise_contrastive_loss(za, zv, keep, self.cfg.temperature,
+                                                      gather=self.contrastive_gather)
             out.loss = out.loss + out.loss_cnt
 
     def named_trainable_parameters(self):

@@ -44,3 +44,12 @@ def use_triton(impl: str, op: str, kernels: types.ModuleType | None, *tensors: t
         raise RuntimeError(f"{op}: impl='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
                            "maavt_fast is imported to run the kernels on CPU")
     return True
+
+
+def kernel_device() -> torch.device | None:
+    """Where the Triton kernels can run now: CUDA if present, else CPU under the interpreter, else None."""
+    if _LAUNCH is None:
+        return None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu") if INTERPRETED else None

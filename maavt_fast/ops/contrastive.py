@@ -28,21 +28,24 @@ def blockwise_contrastive_loss_reference(audio: torch.Tensor, visual: torch.Tens
                                          temperature: float | torch.Tensor = 0.07, normalize: bool = True,
                                          reduction: str = "mean", row_start: int = 0,
                                          row_count: int | None = None) -> torch.Tensor:
-    """Readable PyTorch reference in fp32, from masked `(L, B, B)` logits.
+    """Readable PyTorch reference in fp32 (fp64 for fp64 inputs), from masked `(L, B, B)` logits.
 
     Only the loss rows `row_start : row_start + row_count` (default: all) are summed; the division is
     by the kept count of all B rows (that is the distributed local share of rank `row_start // B_local`).
     """
-    a, v = audio.float(), visual.float()
+    dtype = torch.promote_types(audio.dtype, torch.float32)
+    a, v = audio.to(dtype), visual.to(dtype)
     if normalize:
         a, v = F.normalize(a, dim=-1), F.normalize(v, dim=-1)
     L, B, _ = a.shape
     if keep is None:
         keep = torch.ones(B, dtype=torch.bool, device=a.device)
-    temperature = torch.as_tensor(temperature, dtype=torch.float32, device=a.device)
+    temperature = torch.as_tensor(temperature, dtype=dtype, device=a.device)
     logits = torch.bmm(v, a.transpose(1, 2)) / temperature.reshape(-1, 1, 1)  # (L, B, B): rows visual, cols audio
     pair_ok = keep[:, None] & keep[None, :]
     masked = logits.masked_fill(~pair_ok, float("-inf"))
+    # entries between two background rows -> 0: background rows get a finite, unused lse and no NaN gradient
+    masked = masked.masked_fill(~keep[:, None] & ~keep[None, :], 0.0)
     diag = torch.diagonal(logits, dim1=1, dim2=2)  # (L, B)
     # log-sum-exp over kept columns (v->a) and kept rows (a->v); rows that are not kept give -inf -> zeroed
     lse_v2a = torch.logsumexp(masked, dim=2)

@@ -1,0 +1,1 @@
+"""Benchmarks: shared harness (timing, memory, result rows, plots) and one script per benchmark."""

@@ -1,0 +1,224 @@
+"""Render `benchmarks/results/*.json` into `benchmarks/RESULTS.md` (tables) and PNG charts beside the JSON.
+
+The end-to-end results (`e2e.json`) get their own tables (the latest run per device), a check of the
+issue's targets and two charts per device; every other result file (`ops.json`, `data.json`, ...)
+gets a plain table of its latest run per device. `e2e.notes.md`, when present, is copied in as the
+analysis of the end-to-end numbers.
+
+    python benchmarks/report.py [--results DIR] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV_KEYS = ("device", "torch", "triton", "timm", "commit", "date", "run_id", "note", "device_detail", "threads")
+IMPL_ORDER = ("reference", "fast-eager", "fast-compiled")
+# The issue's targets: (device type, ViT name prefix, batch) -> minimum speedup, minimum fraction of GEMM /
+# MFU, maximum step-memory ratio to the reference.
+TARGETS = {"cpu": ("vit_small", 8, 2.0, ("fraction_of_gemm", 0.6), 0.6),
+           "cuda": ("vit_base", 64, 5.0, ("mfu", 0.4), None)}
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None or v == "":
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+def _x(v) -> str:
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def _table(header: list[str], lines: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(line) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
+    """{device type: rows of the newest run_id measured on it} (run ids start with a UTC timestamp)."""
+    by_dev: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        kind = "cuda" if not r["device"].startswith("cpu") else "cpu"
+        by_dev.setdefault(kind, {}).setdefault(r["run_id"], []).append(r)
+    return {kind: runs[max(runs)] for kind, runs in sorted(by_dev.items())}
+
+
+def _order(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["vit"], r["img_size"], r["batch"], IMPL_ORDER.index(r["impl"]),
+                                       r["precision"]))
+
+
+def e2e_table(rows: list[dict], gpu: bool) -> str:
+    header = ["shape", "impl", "prec", "train ms (p20–p80)", "train /s", "train × ref", "infer ms", "infer /s",
+              "infer × ref", "step MiB", "MiB ÷ ref", "process MiB", "GFLOP/step",
+              "TFLOP/s" if gpu else "GFLOP/s", "% of GEMM", "MFU", "load"]
+    lines = []
+    for r in _order(rows):
+        if r["error"]:
+            lines.append([r["shape"], r["impl"], r["precision"], "failed: " + r["error"].strip().splitlines()[-1][:80]]
+                         + ["–"] * (len(header) - 4))
+            continue
+        rate = r["achieved_tflops"] * (1 if gpu else 1e3)
+        lines.append([r["shape"], r["impl"], r["precision"],
+                      f"{r['train_ms']:.1f} ({r['train_p20_ms']:.1f}–{r['train_p80_ms']:.1f})",
+                      _fmt(r["train_samples_per_s"]), _x(r["train_speedup"]), f"{r['infer_ms']:.1f}",
+                      _fmt(r["infer_samples_per_s"]), _x(r["infer_speedup"]), _fmt(r["train_peak_mb"]),
+                      _x(r["train_peak_ratio"]), _fmt(r["process_peak_rss_mb"]),
+                      _fmt(r["flops_per_step"] / 1e9), _fmt(rate), _pct(r["fraction_of_gemm"]), _pct(r["mfu"]),
+                      _fmt(r["loadavg"])])
+    return _table(header, lines)
+
+
+def target_check(rows: list[dict], kind: str) -> str:
+    """The issue's target for this device type, against the best fast row of the target shape."""
+    vit, batch, speedup, (eff_key, eff_min), mem_max = TARGETS[kind]
+    fast = [r for r in rows if r["vit"].startswith(vit) and r["batch"] == batch and r["impl"] != "reference"
+            and not r["error"] and r["train_speedup"] is not None]
+    if not fast:
+        return f"No measured fast row with a reference for {vit} B={batch}: targets not checked."
+    best = max(fast, key=lambda r: r["train_speedup"])
+    checks = [("training speedup vs reference", _x(best["train_speedup"]), f">= {speedup:.0f}x",
+               best["train_speedup"] >= speedup),
+              (eff_key.replace("_", " "), _pct(best[eff_key]), f">= {eff_min:.0%}",
+               best[eff_key] is not None and best[eff_key] >= eff_min)]
+    if mem_max is not None:
+        ratio = best["train_peak_ratio"]
+        checks.append(("step peak memory ÷ reference", _x(ratio), f"<= {mem_max}x", ratio is not None and ratio <= mem_max))
+    lines = [[name, got, want, "met" if ok else "**missed**"] for name, got, want, ok in checks]
+    return (f"Best fast row for {vit} B={batch}: `{best['impl']}` {best['precision']}.\n\n"
+            + _table(["target", "measured", "wanted", ""], lines))
+
+
+def e2e_charts(rows: list[dict], out_dir: Path, kind: str) -> list[Path]:
+    """Training throughput per shape and row; achieved compute against the measured GEMM ceiling (and peak)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in _order(rows) if not r["error"]]
+    if not ok:
+        return []
+    labels = [f"{r['shape']}\n{r['impl']} {r['precision']}" for r in ok]
+    colors = {"reference": "tab:gray", "fast-eager": "tab:blue", "fast-compiled": "tab:green"}
+    paths = []
+    for name, key, ylabel in (("throughput", "train_samples_per_s", "training samples/s"),
+                              ("roofline", "achieved_tflops", "achieved TFLOP/s (counted FLOPs / step time)")):
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(ok) + 2), 4.8))
+        ax.bar(range(len(ok)), [r[key] for r in ok], color=[colors[r["impl"]] for r in ok],
+               edgecolor=["black" if r["precision"] == "bf16" else "none" for r in ok])
+        if name == "roofline":
+            for prec, style in (("fp32", "--"), ("bf16", "-")):
+                ceil = [r["gemm_tflops"] for r in ok if r["precision"] == prec]
+                if ceil:
+                    ax.axhline(max(ceil), ls=style, color="tab:red", label=f"measured {prec} GEMM {max(ceil):.3g}")
+            peaks = {r["precision"]: r["published_peak_tflops"] for r in ok if r["published_peak_tflops"]}
+            for prec, peak in peaks.items():
+                ax.axhline(peak, ls=":", color="black", label=f"published {prec} peak {peak:g}")
+            ax.set_yscale("log")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(ok)), labels, rotation=75, fontsize=6)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"e2e {kind}: {ylabel} (bf16 rows outlined)", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"e2e.{kind}.{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def e2e_section(rows: list[dict], results: Path, md_dir: Path) -> str:
+    parts = ["## End-to-end training and inference (`benchmarks/e2e.py`)",
+             "Rows: `reference` (the release's computation order, fp32), `fast-eager` and `fast-compiled` "
+             "(`torch.compile`d step) on the same weights and inputs. Times are medians over repeats after "
+             "warm-up (p20–p80 in brackets); `× ref` is the reference's median over the row's (higher is "
+             "faster). `step MiB` is the peak memory one call adds above the resident model, inputs and "
+             "optimizer state (CUDA: `max_memory_allocated`; CPU: peak RSS of the row's own fresh process); "
+             "`process MiB` is that process's whole peak RSS (imports, compilation included). FLOPs per "
+             "training step are counted with `torch.utils.flop_counter` (forward + backward, math attention); "
+             "`% of GEMM` divides the step's FLOP/s by a large matmul of the row's dtype measured in the same "
+             "process; MFU uses the published dense peak."]
+    for kind, run in latest_runs(rows).items():
+        r0 = run[0]
+        parts.append(f"### {r0['device_detail'] or r0['device']}\n\nRun `{r0['run_id']}`, commit `{r0['commit']}`, "
+                     f"{r0['date']}, torch {r0['torch']}, triton {r0['triton']}, timm {r0['timm']}, "
+                     f"{r0['threads']} CPU threads. {r0['note'] or ''}")
+        parts.append(e2e_table(run, gpu=kind == "cuda"))
+        parts.append("Targets of issue 6:\n\n" + target_check(run, kind))
+        for png in e2e_charts(run, results, kind):
+            parts.append(f"![{png.stem}]({os.path.relpath(png, md_dir)})")
+    notes = results / "e2e.notes.md"
+    if notes.is_file():
+        parts.append(notes.read_text().strip())
+    return "\n\n".join(parts)
+
+
+def generic_section(name: str, rows: list[dict], results: Path, md_dir: Path) -> str:
+    """A plain table of the newest run of each device in a list-of-rows result file."""
+    parts = [f"## `{name}.json`"]
+    by_dev: dict[str, list[dict]] = {}
+    for r in rows:
+        by_dev.setdefault(r.get("device", "?"), []).append(r)
+    for dev, mine in sorted(by_dev.items()):
+        last = max(mine, key=lambda r: r.get("date", ""))
+        newest = [r for r in mine if r.get("commit") == last.get("commit") and _within_hour(r, last)]
+        cols = [k for k in newest[0] if k not in ENV_KEYS and not isinstance(newest[0][k], (list, dict))]
+        parts.append(f"### {dev}: commit `{last.get('commit')}`, {last.get('date')}")
+        parts.append(_table(cols, [[_fmt(r.get(k)) for k in cols] for r in newest]))
+    png = results / f"{name}.png"
+    if png.is_file():
+        parts.append(f"![{name}]({os.path.relpath(png, md_dir)})")
+    return "\n\n".join(parts)
+
+
+def _within_hour(r: dict, last: dict) -> bool:
+    try:
+        t0 = datetime.datetime.fromisoformat(last["date"].replace("Z", "+00:00"))
+        return t0 - datetime.datetime.fromisoformat(r["date"].replace("Z", "+00:00")) <= datetime.timedelta(hours=1)
+    except (KeyError, ValueError, AttributeError):
+        return True
+
+
+def render(results: Path, out: Path) -> Path:
+    """Write `out` (Markdown) from every `*.json` under `results`; charts go next to the JSON files."""
+    sections = ["# Benchmark results",
+                "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`; do not edit by hand. "
+                "Reproduce with `maavt bench e2e` (CPU: about half an hour on 2 cores), `maavt bench ops`, "
+                "`maavt bench data`, or `bash benchmarks/gpu_check.sh` on a GPU machine."]
+    for path in sorted(results.glob("*.json")):
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            sections.append(f"## `{path.name}`\n\nNot a list of result rows; skipped.")
+        elif path.stem == "e2e":
+            sections.append(e2e_section(rows, results, out.parent))
+        else:
+            sections.append(generic_section(path.stem, rows, results, out.parent))
+    out.write_text("\n\n".join(sections) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/report.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    path = render(a.results, a.out)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

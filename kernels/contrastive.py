@@ -1,0 +1,278 @@
+"""Triton kernels of the blockwise symmetric InfoNCE loss, all L blocks in one launch.
+
+Inputs are stacked features `a`, `v` of shape (L, B, P) (any strides, fp32/fp16/bf16) and a keep
+mask (B,) (uint8, 0 = background). Rows are the B_rows features starting at `row_start` (all B in a
+single process, the local slice under the distributed local-loss formulation); columns are all B.
+Per block, with unit vectors â, v̂ and t the temperature:
+    S1[i, j] = v̂_i · â_j / t   (visual -> audio),   S2[i, j] = â_i · v̂_j / t   (audio -> visual)
+    loss_i   = 0.5 (lse_j S1[i, :] + lse_j S2[i, :]) - S1[i, row_start + i]   over kept i and kept j.
+Programs tile rows and stream column tiles with an online log-sum-exp: no (B, B) matrix is stored.
+Logit tiles are dots of the raw features accumulated over chunks of PC features, then scaled by the
+inverse norms (summed from the same chunks) and 1/t. Every load is upcast to fp32 (the interpreter's
+bf16 arithmetic is also wrong).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from maavt_fast.kernels._launch import block, dot_precisions, launch
+
+NEG_INIT = tl.constexpr(-1.0e30)  # finite start of the running max, so fully masked rows never compute inf - inf
+TILE = 16  # rows and columns per tile
+CHUNK = 64  # features per chunk (and per backward program): no register spills on sm_90 at 8 warps
+
+
+@triton.jit
+def _load_chunk(base, idx, ok, feat, P, s_b, s_p):
+    """fp32 (len(idx), len(feat)) tile base[idx, feat], zero outside rows `ok` and features < P."""
+    mask = ok[:, None] & (feat < P)[None, :]
+    return tl.load(base + idx[:, None] * s_b + feat[None, :] * s_p, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _inv_norm(sum_sq, NORMALIZE: tl.constexpr):
+    if NORMALIZE:
+        return 1.0 / tl.maximum(tl.sqrt(sum_sq), 1e-12)
+    return sum_sq * 0.0 + 1.0
+
+
+@triton.jit
+def _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, inv_t,
+            BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, NORMALIZE: tl.constexpr, RAW: tl.constexpr):
+    """S1, S2 (BR, BC) tiles and the inverse norms of the row and column features of a and v."""
+    d1 = tl.zeros([BR, BC], tl.float32)
+    d2 = tl.zeros([BR, BC], tl.float32)
+    sq_ar = tl.zeros([BR], tl.float32)
+    sq_vr = tl.zeros([BR], tl.float32)
+    sq_ac = tl.zeros([BC], tl.float32)
+    sq_vc = tl.zeros([BC], tl.float32)
+    for p0 in range(0, P, PC):
+        feat = p0 + tl.arange(0, PC)
+        a_r = _load_chunk(a_base, rows, rows_ok, feat, P, s_ab, s_ap)
+        v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
+        a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
+        v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
+        d1 += tl.dot(v_r, tl.trans(a_c), input_precision=RAW)
+        d2 += tl.dot(a_r, tl.trans(v_c), input_precision=RAW)
+        sq_ar += tl.sum(a_r * a_r, axis=1)
+        sq_vr += tl.sum(v_r * v_r, axis=1)
+        sq_ac += tl.sum(a_c * a_c, axis=1)
+        sq_vc += tl.sum(v_c * v_c, axis=1)
+    inv_ar, inv_vr = _inv_norm(sq_ar, NORMALIZE), _inv_norm(sq_vr, NORMALIZE)
+    inv_ac, inv_vc = _inv_norm(sq_ac, NORMALIZE), _inv_norm(sq_vc, NORMALIZE)
+    s1 = d1 * (inv_vr * inv_t)[:, None] * inv_ac[None, :]
+    s2 = d2 * (inv_ar * inv_t)[:, None] * inv_vc[None, :]
+    return s1, s2, inv_ar, inv_vr, inv_ac, inv_vc
+
+
+@triton.jit
+def _online_lse(m, l, s):
+    """Running (max, sum of exp) of each row after adding the columns of tile `s` (-inf = masked)."""
+    m_new = tl.maximum(m, tl.max(s, axis=1))
+    l = l * tl.exp(m - m_new) + tl.sum(tl.exp(s - m_new[:, None]), axis=1)
+    return m_new, l
+
+
+@triton.jit
+def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, part_ptr,
+                           B, B_rows, P, row_start, n_row_tiles,
+                           s_al, s_ab, s_ap, s_vl, s_vb, s_vp, s_t,
+                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr,
+                           NORMALIZE: tl.constexpr, RAW: tl.constexpr):
+    """Grid (row tiles, L). Writes lse1/lse2 (L, B_rows) (0 for background rows) and per-tile loss sums."""
+    tile = tl.program_id(0)
+    blk = tl.program_id(1).to(tl.int64)
+    a_base = a_ptr + blk * s_al
+    v_base = v_ptr + blk * s_vl
+    inv_t = 1.0 / tl.load(temp_ptr + blk * s_t).to(tl.float32)
+    local = tile * BR + tl.arange(0, BR)
+    rows = row_start + local
+    rows_ok = local < B_rows
+    keep_r = tl.load(keep_ptr + rows, mask=rows_ok, other=0) != 0
+    m1 = tl.full([BR], NEG_INIT, tl.float32)
+    m2 = tl.full([BR], NEG_INIT, tl.float32)
+    l1 = tl.zeros([BR], tl.float32)
+    l2 = tl.zeros([BR], tl.float32)
+    pos = tl.zeros([BR], tl.float32)
+    for c0 in range(0, B, BC):
+        cols = c0 + tl.arange(0, BC)
+        keep_c = tl.load(keep_ptr + cols, mask=cols < B, other=0) != 0
+        s1, s2, _, _, _, _ = _logits(a_base, v_base, rows, rows_ok, cols, cols < B, P, s_ab, s_ap, s_vb, s_vp,
+                                     inv_t, BR, BC, PC, NORMALIZE, RAW)
+        pos += tl.sum(tl.where(rows[:, None] == cols[None, :], s1, 0.0), axis=1)
+        m1, l1 = _online_lse(m1, l1, tl.where(keep_c[None, :], s1, float("-inf")))
+        m2, l2 = _online_lse(m2, l2, tl.where(keep_c[None, :], s2, float("-inf")))
+    lse1 = tl.where(keep_r, m1 + tl.log(tl.where(keep_r, l1, 1.0)), 0.0)  # background rows: 0, never log(0)
+    lse2 = tl.where(keep_r, m2 + tl.log(tl.where(keep_r, l2, 1.0)), 0.0)
+    tl.store(lse1_ptr + blk * B_rows + local, lse1, mask=rows_ok)
+    tl.store(lse2_ptr + blk * B_rows + local, lse2, mask=rows_ok)
+    loss = tl.where(keep_r, 0.5 * (lse1 + lse2) - pos, 0.0)
+    tl.store(part_ptr + blk * n_row_tiles + tile, tl.sum(loss, axis=0))
+
+
+@triton.jit
+def _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c):
+    """dloss/dS1 and dloss/dS2 of a tile: w_i (softmax - [j == i]), zero outside kept pairs."""
+    pair = keep_r[:, None] & keep_c[None, :]
+    eye = tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
+    g1 = tl.where(pair, w[:, None] * (tl.exp(s1 - lse1[:, None]) - eye), 0.0)
+    g2 = tl.where(pair, w[:, None] * (tl.exp(s2 - lse2[:, None]) - eye), 0.0)
+    return g1, g2
+
+
+@triton.jit
+def _add_grad(d_ptr, base, idx, ok, feat, P, s_b, s_p, inv, acc, coef, inv_t, NORMALIZE: tl.constexpr):
+    """Atomically add the raw-feature gradient of rows `idx`, features `feat` into the fp32 (B, P) d_ptr.
+
+    acc * inv_t is dloss/d(unit vector) on these features and coef = unit vector · dloss/d(unit vector)
+    (from the logits, so no program needs all P features): d raw = inv (g - unit * coef).
+    """
+    g = acc * inv_t
+    if NORMALIZE:
+        unit = _load_chunk(base, idx, ok, feat, P, s_b, s_p) * inv[:, None]
+        g = (g - unit * coef[:, None]) * inv[:, None]
+    tl.atomic_add(d_ptr + idx[:, None] * P + feat[None, :], g, mask=ok[:, None] & (feat < P)[None, :])
+
+
+@triton.jit
+def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, gscale_ptr,
+                           da_ptr, dv_ptr, dtemp_ptr,
+                           B, B_rows, P, row_start, n_row_tiles,
+                           s_al, s_ab, s_ap, s_vl, s_vb, s_vp, s_t,
+                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr,
+                           NORMALIZE: tl.constexpr, RAW: tl.constexpr, MIX: tl.constexpr):
+    """Grid (row tiles + column tiles, feature chunks, L).
+
+    Row programs own the gradient of each loss row's own features (v_i through S1, a_i through S2)
+    and the temperature partial sums; column programs own the gradient through the columns (a_j via
+    S1, v_j via S2). Each program recomputes its logit tiles over all features and accumulates one
+    chunk of PC features of the gradient. Both add into the zeroed fp32 da/dv (L, B, P) with atomics:
+    every element gets one row and at most one column contribution, and a two-term sum onto 0 is
+    order independent, so the result is deterministic. `gscale` (L,) is the upstream gradient of
+    each block / the kept count.
+    """
+    tile = tl.program_id(0)
+    feat = tl.program_id(1) * PC + tl.arange(0, PC)
+    blk = tl.program_id(2).to(tl.int64)
+    a_base = a_ptr + blk * s_al
+    v_base = v_ptr + blk * s_vl
+    da_ptr += blk * B * P
+    dv_ptr += blk * B * P
+    inv_t = 1.0 / tl.load(temp_ptr + blk * s_t).to(tl.float32)
+    half_g = 0.5 * tl.load(gscale_ptr + blk)
+    if tile < n_row_tiles:
+        local = tile * BR + tl.arange(0, BR)
+        rows = row_start + local
+        rows_ok = local < B_rows
+        keep_r = tl.load(keep_ptr + rows, mask=rows_ok, other=0) != 0
+        lse1 = tl.load(lse1_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
+        lse2 = tl.load(lse2_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
+        w = tl.where(keep_r, half_g, 0.0)
+        acc_v = tl.zeros([BR, PC], tl.float32)
+        acc_a = tl.zeros([BR, PC], tl.float32)
+        coef_v = tl.zeros([BR], tl.float32)
+        coef_a = tl.zeros([BR], tl.float32)
+        inv_ar = tl.zeros([BR], tl.float32)
+        inv_vr = tl.zeros([BR], tl.float32)
+        for c0 in range(0, B, BC):
+            cols = c0 + tl.arange(0, BC)
+            cols_ok = cols < B
+            keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
+            s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
+                                                             s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
+                                                             RAW)
+            g1, g2 = _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c)
+            coef_v += tl.sum(g1 * s1, axis=1)
+            coef_a += tl.sum(g2 * s2, axis=1)
+            a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
+            v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
+            acc_v += tl.dot(g1 * inv_ac[None, :], a_c, input_precision=MIX)
+            acc_a += tl.dot(g2 * inv_vc[None, :], v_c, input_precision=MIX)
+        if tl.program_id(1) == 0:
+            # dS/dt = -S/t  ->  dloss/dt = -(1/t) sum(g * S)
+            tl.store(dtemp_ptr + blk * n_row_tiles + tile, -tl.sum(coef_v + coef_a, axis=0) * inv_t)
+        _add_grad(dv_ptr, v_base, rows, rows_ok, feat, P, s_vb, s_vp, inv_vr, acc_v, coef_v, inv_t, NORMALIZE)
+        _add_grad(da_ptr, a_base, rows, rows_ok, feat, P, s_ab, s_ap, inv_ar, acc_a, coef_a, inv_t, NORMALIZE)
+    else:
+        cols = (tile - n_row_tiles) * BC + tl.arange(0, BC)
+        cols_ok = cols < B
+        keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
+        acc_a = tl.zeros([BC, PC], tl.float32)
+        acc_v = tl.zeros([BC, PC], tl.float32)
+        coef_a = tl.zeros([BC], tl.float32)
+        coef_v = tl.zeros([BC], tl.float32)
+        inv_ac = tl.zeros([BC], tl.float32)
+        inv_vc = tl.zeros([BC], tl.float32)
+        for r0 in range(0, B_rows, BR):
+            local = r0 + tl.arange(0, BR)
+            rows = row_start + local
+            rows_ok = local < B_rows
+            keep_r = tl.load(keep_ptr + rows, mask=rows_ok, other=0) != 0
+            lse1 = tl.load(lse1_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
+            lse2 = tl.load(lse2_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
+            w = tl.where(keep_r, half_g, 0.0)
+            s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
+                                                             s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
+                                                             RAW)
+            g1, g2 = _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c)
+            coef_a += tl.sum(g1 * s1, axis=0)
+            coef_v += tl.sum(g2 * s2, axis=0)
+            v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
+            a_r = _load_chunk(a_base, rows, rows_ok, feat, P, s_ab, s_ap)
+            acc_a += tl.dot(tl.trans(g1 * inv_vr[:, None]), v_r, input_precision=MIX)
+            acc_v += tl.dot(tl.trans(g2 * inv_ar[:, None]), a_r, input_precision=MIX)
+        _add_grad(da_ptr, a_base, cols, cols_ok, feat, P, s_ab, s_ap, inv_ac, acc_a, coef_a, inv_t, NORMALIZE)
+        _add_grad(dv_ptr, v_base, cols, cols_ok, feat, P, s_vb, s_vp, inv_vc, acc_v, coef_v, inv_t, NORMALIZE)
+
+
+def _tiles(B: int, B_rows: int, P: int) -> tuple[int, int, int]:
+    """(row tile, column tile, feature chunk)."""
+    return block(B_rows, maximum=TILE), block(B, maximum=TILE), block(P, maximum=CHUNK)
+
+
+def _strides(audio: torch.Tensor, visual: torch.Tensor, temperature: torch.Tensor) -> tuple[int, ...]:
+    return (*audio.stride(), *visual.stride(), 0 if temperature.numel() == 1 else temperature.stride(0))
+
+
+def contrastive_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
+                        row_start: int, row_count: int, normalize: bool
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One launch for all blocks. audio, visual (L, B, P); keep (B,) uint8; temperature () or (L,) fp32.
+
+    Returns (per-block sums of the row losses (L,), lse1 (L, row_count), lse2 (L, row_count)), fp32.
+    """
+    L, B, P = audio.shape
+    BR, BC, PC = _tiles(B, row_count, P)
+    n_row_tiles = triton.cdiv(row_count, BR)
+    lse1 = torch.empty(L, row_count, device=audio.device, dtype=torch.float32)
+    lse2 = torch.empty_like(lse1)
+    partial = torch.empty(L, n_row_tiles, device=audio.device, dtype=torch.float32)
+    raw, _ = dot_precisions(audio.dtype)
+    launch("contrastive_fwd", contrastive_fwd_kernel, (n_row_tiles, L),
+           audio, visual, keep, temperature, lse1, lse2, partial, B, row_count, P, row_start, n_row_tiles,
+           *_strides(audio, visual, temperature), BR=BR, BC=BC, PC=PC, NORMALIZE=normalize, RAW=raw, num_warps=8)
+    return partial.sum(1), lse1, lse2
+
+
+def contrastive_backward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
+                         lse1: torch.Tensor, lse2: torch.Tensor, gscale: torch.Tensor, row_start: int,
+                         normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One launch for all blocks; gscale (L,) fp32 = upstream gradient per block / kept count.
+
+    Returns (d audio, d visual) in the input dtype and the per-block temperature gradient (L,) fp32.
+    """
+    L, B, P = audio.shape
+    row_count = lse1.shape[1]
+    BR, BC, PC = _tiles(B, row_count, P)
+    n_row_tiles = triton.cdiv(row_count, BR)
+    da = torch.zeros(L, B, P, device=audio.device, dtype=torch.float32)
+    dv = torch.zeros_like(da)
+    dtemp = torch.empty(L, n_row_tiles, device=audio.device, dtype=torch.float32)
+    raw, mix = dot_precisions(audio.dtype)
+    launch("contrastive_bwd", contrastive_bwd_kernel, (n_row_tiles + triton.cdiv(B, BC), triton.cdiv(P, PC), L),
+           audio, visual, keep, temperature, lse1, lse2, gscale, da, dv, dtemp, B, row_count, P, row_start,
+           n_row_tiles, *_strides(audio, visual, temperature), BR=BR, BC=BC, PC=PC, NORMALIZE=normalize,
+           RAW=raw, MIX=mix, num_warps=8)
+    return da.to(audio.dtype), dv.to(visual.dtype), dtemp.sum(1)

@@ -1,0 +1,131 @@
+"""`build_loader`: batches of one rank for one epoch, deterministic and resumable.
+
+The epoch's order comes from (seed, epoch) (shuffled for train), is sharded over ranks like
+DistributedSampler, cut into batches, and `start_batch` batches are skipped. Every sample's random
+choices come from (seed, epoch, index) (see plan.py), so batches do not depend on worker count.
+Decode path: cfg.decode ("cpu": torch DataLoader workers; "dali": maavt_fast.data.dali).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from maavt_fast.config import DataConfig
+from maavt_fast.data.dataset import ClipDataset
+from maavt_fast.data.sampling import epoch_order, shard
+
+log = logging.getLogger(__name__)
+_LOGGED_PATHS: set[str] = set()
+
+
+@dataclass
+class Batch:
+    """audio (B, T, S, S), image (B, T, 3, S, S) float32; label (B, T) int64; index (B,) int64;
+    valid (B,) bool (False for the wrap-around padding of the last eval batches across ranks)."""
+
+    audio: torch.Tensor
+    image: torch.Tensor
+    label: torch.Tensor
+    index: torch.Tensor
+    valid: torch.Tensor
+
+    def to(self, device, non_blocking: bool = True) -> "Batch":
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+
+def collate(items: list) -> tuple[Batch | None, int]:
+    """(batch of the good items or None if all were bad, number of bad (None) items)."""
+    good = [it for it in items if it is not None]
+    if not good:
+        return None, len(items)
+    return Batch(audio=torch.stack([it["audio"] for it in good]), image=torch.stack([it["image"] for it in good]),
+                 label=torch.stack([it["label"] for it in good]),
+                 index=torch.tensor([it["index"] for it in good], dtype=torch.int64),
+                 valid=torch.tensor([it["valid"] for it in good], dtype=torch.bool)), len(items) - len(good)
+
+
+class _Keyed(torch.utils.data.Dataset):
+    """Dataset view whose keys are (epoch, index, valid) triples, so workers need no epoch state."""
+
+    def __init__(self, dataset: ClipDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index, valid = key
+        item = self.dataset[(epoch, index)]
+        return None if item is None else dict(item, valid=valid)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)
+
+
+class Loader:
+    """Re-iterable batches of one rank. len() = batches per full epoch for this rank; iteration
+    starts at `start_batch`. `set_epoch(e)` moves to epoch e from its first batch. `skipped` counts
+    bad samples skipped so far (manifest rows left out at indexing included)."""
+
+    def __init__(self, dataset: ClipDataset, batch_size: int, seed: int, rank: int, world_size: int, epoch: int,
+                 start_batch: int, drop_last: bool, num_workers: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.rank, self.world_size, self.drop_last, self.num_workers = rank, world_size, drop_last, num_workers
+        self.epoch, self.start_batch = epoch, start_batch
+        self.skipped = dataset.bad_rows
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def batch_keys(self) -> list[list[tuple[int, int, bool]]]:
+        """This rank's batches of this epoch, from start_batch on, as (epoch, index, valid) keys."""
+        order = epoch_order(len(self.dataset), self.seed, self.epoch, shuffle=self.dataset.train)
+        idx, valid = shard(order, self.rank, self.world_size, self.drop_last)
+        n = len(self)
+        keys = [(self.epoch, int(i), bool(v)) for i, v in zip(idx, valid)]
+        return [keys[b * self.batch_size:(b + 1) * self.batch_size] for b in range(self.start_batch, n)]
+
+    def __len__(self) -> int:
+        per_rank = len(shard(np.arange(len(self.dataset)), self.rank, self.world_size, self.drop_last)[0])
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def __iter__(self):
+        keys = self.batch_keys()
+        if not keys:
+            return
+        loader = DataLoader(_Keyed(self.dataset), batch_sampler=keys, num_workers=self.num_workers,
+                            collate_fn=collate, worker_init_fn=_worker_init if self.num_workers else None)
+        for batch, bad in loader:
+            self.skipped += bad
+            if batch is not None:
+                yield batch
+
+
+def build_loader(cfg: DataConfig, split: str, img_size: int, batch_size: int, seed: int, rank: int = 0,
+                 world_size: int = 1, epoch: int = 0, start_batch: int = 0, drop_last: bool | None = None,
+                 num_workers: int | None = None, device_id: int | None = None):
+    """Batches of `split` for this rank. device_id: the GPU for DALI's mixed/gpu operators (None: DALI on CPU)."""
+    drop_last = split == "train" if drop_last is None else drop_last
+    workers = cfg.num_workers if num_workers is None else num_workers
+    dataset = ClipDataset(cfg, split, img_size, seed)
+    if cfg.decode not in _LOGGED_PATHS:
+        _LOGGED_PATHS.add(cfg.decode)
+        log.info("data: decoding on the %s path (%s)", cfg.decode,
+                 "torch DataLoader, PIL + soundfile + torch.stft" if cfg.decode == "cpu" else
+                 f"NVIDIA DALI, device_id={device_id}")
+    if cfg.decode == "dali":
+        from maavt_fast.data.dali import DaliLoader
+
+        return DaliLoader(dataset, batch_size, seed, rank, world_size, epoch, start_batch, drop_last, workers,
+                          device_id)
+    return Loader(dataset, batch_size, seed, rank, world_size, epoch, start_batch, drop_last, workers)

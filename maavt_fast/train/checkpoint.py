@@ -1,0 +1,157 @@
+"""Our checkpoint format: atomic writes, exact resume, and conversion of official checkpoints.
+
+A checkpoint is a dict saved with `torch.save`:
+
+    format          "maavt_fast.checkpoint", format_version 1, library_version
+    config          the resolved `Config.to_dict()`
+    model           trainable parameters only (`MAAVT.trainable_state_dict()`); the frozen ViT comes
+                    from `config.model` (random init or `model.weights`)
+    optimizer       Adam state (None in a converted, weights-only checkpoint)
+    loop            step, epoch, batch_in_epoch, best_acc, history (see `LoopState`)
+    rng             torch CPU (+ CUDA) and Python RNG states
+
+`save_checkpoint` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
+over the target, so a crash leaves either the old or the new file, never a torn one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import maavt_fast
+from maavt_fast.config import Config
+
+FORMAT = "maavt_fast.checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, unreadable or not in a format we know."""
+
+
+@dataclass
+class LoopState:
+    """Where the training loop is: enough, with the weights, optimizer and RNG, to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    best_acc: float = float("-inf")  # best validation accuracy so far
+    history: list[dict] = field(default_factory=list)  # one record per log/validation event (for curves)
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """`torch.save` to a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, *, model, cfg: Config, optimizer: torch.optim.Optimizer | None = None,
+                    loop: LoopState | None = None) -> Path:
+    """Write our format atomically. `model` is the unwrapped `MAAVT` (not the DDP wrapper)."""
+    return atomic_save({
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "library_version": getattr(maavt_fast, "__version__", "unknown"),
+        "config": cfg.to_dict(),
+        "model": model.trainable_state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "loop": asdict(loop) if loop is not None else None,
+        "rng": capture_rng(),
+    }, path)
+
+
+def is_official(obj) -> bool:
+    """An official `model_{latest,best}.pth.tar` (spec Appendix A): a dict with `state_dict` and `epoch`."""
+    return isinstance(obj, dict) and "state_dict" in obj and "format" not in obj
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load any checkpoint file to CPU with clear errors; our format is validated, official ones pass through."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling problem is reported with the file name
+        raise CheckpointError(f"checkpoint {path} could not be read: {type(e).__name__}: {e}") from e
+    if is_official(obj):
+        return obj
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is neither a maavt_fast checkpoint nor an official MA-AVT one "
+                              f"(top-level keys: {sorted(obj)[:10] if isinstance(obj, dict) else type(obj).__name__})")
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format_version {obj.get('format_version')}; this library reads "
+                              f"{FORMAT_VERSION}")
+    return obj
+
+
+def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
+    """The config a checkpoint of our format was trained with."""
+    if is_official(ckpt):
+        raise CheckpointError(f"{path} is an official checkpoint and carries no maavt_fast config; pass --preset "
+                              "(and overrides) describing its model, or run `maavt convert` first")
+    return Config.from_dict(ckpt["config"])
+
+
+def load_weights(ckpt: dict, model, path: str | Path) -> None:
+    """Load the trainable weights of `ckpt` (either format) into the unwrapped `model`."""
+    if is_official(ckpt):
+        from maavt_fast.model.official import load_official_checkpoint
+
+        load_official_checkpoint(path, model)
+    else:
+        model.load_trainable_state_dict(ckpt["model"])
+
+
+def restore_training(ckpt: dict, model, optimizer: torch.optim.Optimizer, path: str | Path) -> LoopState:
+    """Resume: weights, optimizer state, RNG and the loop position of a checkpoint of our format."""
+    if is_official(ckpt) or ckpt.get("optimizer") is None or ckpt.get("loop") is None:
+        raise CheckpointError(f"{path} holds weights only (official or converted); it cannot be resumed. "
+                              "Use it with `maavt eval --checkpoint`, or start a new run with it as init")
+    model.load_trainable_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    restore_rng(ckpt["rng"])
+    return LoopState(**ckpt["loop"])
+
+
+def convert(official_path: str | Path, out_path: str | Path, cfg: Config) -> Path:
+    """Official `model_best.pth.tar` -> our weights-only format, for the model described by `cfg`."""
+    from maavt_fast.model import MAAVT
+    from maavt_fast.model.official import load_official_checkpoint
+
+    if not is_official(read_checkpoint(official_path)):
+        raise CheckpointError(f"{official_path} is not an official MA-AVT checkpoint (no `state_dict` key)")
+    model = MAAVT(cfg.model)
+    load_official_checkpoint(official_path, model)
+    return save_checkpoint(out_path, model=model, cfg=cfg)

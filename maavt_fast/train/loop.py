@@ -1,0 +1,227 @@
+"""The training loop: steps, logging, validation, `best`/`latest` checkpoints and exact resume.
+
+The loop owns no data or model construction: it receives the bare `MAAVT` and a `make_loader(split,
+epoch, start_batch)` callable, so tests can drive it with small stand-ins. Data order and
+augmentation depend only on (seed, epoch, index) and the lr only on the step, so a run resumed
+from a checkpoint taken after batch k of epoch e continues with batch k of epoch e exactly as the
+uninterrupted run would.
+"""
+from __future__ import annotations
+
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from maavt_fast.config import Config, ConfigError
+from maavt_fast.train.checkpoint import LoopState, read_checkpoint, restore_training, save_checkpoint
+from maavt_fast.train.distributed import DistInfo, all_reduce_sum, barrier
+from maavt_fast.train.evaluate import EvalResult, evaluate
+from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration, say
+from maavt_fast.train.metrics import summarize
+from maavt_fast.train.schedule import lr_at, set_lr, total_steps
+from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
+from maavt_fast.train.visualize import plot_curves
+
+MakeLoader = Callable[..., object]  # (split, epoch=0, start_batch=0) -> re-iterable of batches with len()
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; `step` is the first offending optimizer step (1-based)."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"the training loss is {value} at step {step}: training stopped. Lower train.lr, use "
+                         f"train.precision=fp32, or check the inputs of that step")
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    loop: LoopState
+    out_dir: Path
+    latest: Path
+    best: Path | None  # None when there was no validation data
+    val: EvalResult | None  # the last validation
+    train_seconds: float
+    samples_per_s: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and Python; every rank uses the same seed so replicas start identical."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def checkpoint_paths(out_dir: str | Path) -> tuple[Path, Path]:
+    """(latest, best) checkpoint paths of a run directory."""
+    d = Path(out_dir) / "checkpoints"
+    return d / "latest.pt", d / "best.pt"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated, or the peak resident set size of this process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Window:
+    """Step results since the last flush, kept on the device (no host sync per step)."""
+
+    def __init__(self):
+        self.results: list[dict[str, torch.Tensor]] = []
+        self.first_step = 0
+
+    def add(self, step: int, result: dict[str, torch.Tensor]) -> None:
+        if not self.results:
+            self.first_step = step
+        self.results.append(result)
+
+    def reduce(self, world_size: int) -> dict[str, float] | None:
+        """Mean losses over the window and ranks plus accuracy ratios; raises on a non-finite loss."""
+        if not self.results:
+            return None
+        names = [k for k in self.results[0] if k != "counts"]
+        losses = torch.stack([torch.stack([r[k] for k in names]) for r in self.results]).double()  # (steps, k)
+        counts = torch.stack([r["counts"] for r in self.results]).sum(dim=0)
+        packed = all_reduce_sum(torch.cat([losses.flatten(), counts])).cpu()
+        losses = packed[:losses.numel()].view_as(losses) / world_size
+        bad = ~torch.isfinite(losses[:, 0])
+        if bad.any():
+            i = int(bad.nonzero()[0])
+            raise NonFiniteLossError(self.first_step + i, float(losses[i, 0]))
+        out = {k: float(v) for k, v in zip(names, losses.mean(dim=0))}
+        out.update(summarize(packed[losses.numel():]))
+        self.results = []
+        return out
+
+
+class Trainer:
+    """Trains the bare `model` as `cfg.train` says, on `dist`'s device and process group."""
+
+    def __init__(self, cfg: Config, dist: DistInfo, model: torch.nn.Module, make_loader: MakeLoader):
+        tc = cfg.train
+        if tc.batch_size % dist.world_size:
+            raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the world size {dist.world_size}")
+        self.cfg, self.dist, self.make_loader = cfg, dist, make_loader
+        self.out_dir = Path(tc.out_dir)
+        self.latest_path, self.best_path = checkpoint_paths(self.out_dir)
+        self.model = model.to(dist.device)
+        self.precision = choose_precision(tc.precision, dist.device)
+        self.optimizer = build_optimizer(self.model, tc.lr, tc.weight_decay, dist.device)
+        self.loop = LoopState()
+        self.logger = RunLogger(self.out_dir, enabled=dist.is_main)
+        self.steps_per_epoch = len(make_loader("train", 0, 0))
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"the train split has fewer samples than one batch per rank "
+                              f"(train.batch_size={tc.batch_size}, {dist.world_size} rank(s))")
+        self.total_steps = total_steps(tc, self.steps_per_epoch)
+        self.val_loader = make_loader("val", 0, 0)
+        self.last_val: EvalResult | None = None
+
+    def resume_from(self, path: str | Path) -> None:
+        """Load weights, optimizer, RNG and loop position (call before `fit`)."""
+        self.loop = restore_training(read_checkpoint(path), self.model, self.optimizer, path)
+        say(f"resumed from {path} at step {self.loop.step} (epoch {self.loop.epoch + 1}, "
+            f"batch {self.loop.batch_in_epoch})", self.dist.is_main)
+
+    def _network(self) -> torch.nn.Module:
+        if not self.dist.distributed:
+            return self.model
+        self.model.contrastive_gather = True  # local-loss contrastive over the global batch
+        ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+        return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
+
+    def fit(self) -> TrainResult:
+        tc, dist, loop = self.cfg.train, self.dist, self.loop
+        step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
+                            tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile)
+        n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
+        say(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | {self.precision.reason} | "
+            f"compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
+            f"global batch {tc.batch_size}", dist.is_main)
+        self.logger.log("start", loop.step, precision=self.precision.name, compile=tc.compile,
+                        world_size=dist.world_size, device=str(dist.device), trainable_params=n_train,
+                        steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
+        progress = Progress(self.total_steps, tc.batch_size, loop.step)
+        window, started, first_step = _Window(), time.perf_counter(), loop.step
+        while loop.step < self.total_steps and loop.epoch < tc.epochs:
+            for batch in self.make_loader("train", loop.epoch, loop.batch_in_epoch):
+                batch = batch.to(dist.device)
+                lr = lr_at(loop.step, tc, self.steps_per_epoch)
+                set_lr(self.optimizer, lr)
+                loop.step += 1
+                loop.batch_in_epoch += 1
+                window.add(loop.step, step_fn(batch.audio, batch.image, batch.label))
+                if loop.step % tc.log_every == 0 or loop.step % tc.ckpt_every == 0:
+                    self._log_train(window.reduce(dist.world_size), progress, lr)
+                if loop.step % tc.ckpt_every == 0:
+                    self._save(self.latest_path, progress)
+                if loop.step >= self.total_steps:
+                    break
+            self._log_train(window.reduce(dist.world_size), progress, lr)
+            if loop.batch_in_epoch >= self.steps_per_epoch:
+                loop.epoch, loop.batch_in_epoch = loop.epoch + 1, 0
+            finished = loop.step >= self.total_steps or loop.epoch >= tc.epochs
+            if finished or (loop.batch_in_epoch == 0 and loop.epoch % tc.eval_every == 0):
+                self._validate(progress)
+            self._save(self.latest_path, progress)
+        seconds = time.perf_counter() - started
+        steps_run = loop.step - first_step
+        rate = steps_run * tc.batch_size / seconds if seconds > 0 else float("nan")
+        mem = peak_memory_mb(dist.device)
+        say(f"done: {steps_run} steps in {format_duration(seconds)} ({rate:.1f} samples/s incl. validation), "
+            f"peak memory {mem:.0f} MB", dist.is_main)
+        self.logger.log("end", loop.step, seconds=seconds, samples_per_s=rate, peak_memory_mb=mem)
+        if dist.is_main:
+            plot_curves(loop.history, self.out_dir / "curves.png")
+        self.logger.close()
+        best = self.best_path if self.best_path.exists() else None
+        return TrainResult(loop, self.out_dir, self.latest_path, best, self.last_val, seconds, rate)
+
+    def _log_train(self, stats: dict[str, float] | None, progress: Progress, lr: float) -> None:
+        if stats is None:
+            return
+        loop = self.loop
+        speed = progress.update(loop.step)
+        record = {"event": "train", "step": loop.step, "epoch": loop.epoch, "lr": lr, **stats, **speed}
+        loop.history.append(record)
+        self.logger.log("train", loop.step, **{k: v for k, v in record.items() if k not in ("event", "step")})
+        say(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed), self.dist.is_main)
+
+    def _validate(self, progress: Progress) -> None:
+        if len(self.val_loader) == 0:
+            say("no validation data: `best` is not written; `latest` is the final model", self.dist.is_main)
+            return
+        progress.pause()
+        started = time.perf_counter()
+        result = evaluate(self.model, self.val_loader, self.dist.device, self.precision,
+                          self.cfg.model.num_classes, self.cfg.train.eval_batches)
+        seconds = time.perf_counter() - started
+        self.last_val, loop, m = result, self.loop, result.metrics
+        loop.history.append({"event": "val", "step": loop.step, "epoch": loop.epoch, **m})
+        self.logger.log("val", loop.step, epoch=loop.epoch, seconds=seconds, **m)
+        improved = math.isfinite(m["total_acc"]) and m["total_acc"] > loop.best_acc
+        say(f"val @ step {loop.step}: loss {m['loss']:.4f} acc {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) "
+            f"on {m['samples']} samples in {seconds:.1f} s" + (" -> new best" if improved else ""), self.dist.is_main)
+        if improved:
+            loop.best_acc = m["total_acc"]
+            self._save(self.best_path, None)
+        progress.resume()
+
+    def _save(self, path: Path, progress: Progress | None) -> None:
+        if progress is not None:
+            progress.pause()
+        if self.dist.is_main:
+            save_checkpoint(path, model=self.model, cfg=self.cfg, optimizer=self.optimizer, loop=self.loop)
+            self.logger.log("checkpoint", self.loop.step, path=str(path), epoch=self.loop.epoch,
+                            batch_in_epoch=self.loop.batch_in_epoch)
+        barrier()
+        if progress is not None:
+            progress.resume()

@@ -1,0 +1,128 @@
+"""What the `train` and `eval` commands do, end to end: build data and model, train, report.
+
+A report (`<out>/report_<split>/`) holds metrics JSON, confusion CSV/PNG and an attention-map
+gallery (`attention/index.html`); a training run also writes `config.json`, `log.jsonl`,
+`curves.png` and `checkpoints/{latest,best}.pt` under `train.out_dir`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from maavt_fast.config import Config
+from maavt_fast.train.checkpoint import load_weights, read_checkpoint
+from maavt_fast.train.distributed import DistInfo, setup, teardown
+from maavt_fast.train.evaluate import EvalResult, evaluate, write_report
+from maavt_fast.train.logging_utils import say
+from maavt_fast.train.loop import MakeLoader, Trainer, TrainResult, checkpoint_paths, seed_everything
+from maavt_fast.train.step import choose_precision
+from maavt_fast.train.visualize import attention_gallery
+
+
+@dataclass
+class Report:
+    split: str
+    result: EvalResult
+    paths: dict[str, Path]  # metrics, confusion_csv, confusion_png, attention (index.html)
+
+
+def write_config(cfg: Config, out_dir: str | Path, name: str = "config.json") -> Path:
+    """The resolved config as JSON next to the outputs."""
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    return path
+
+
+def loader_factory(cfg: Config, dist: DistInfo) -> MakeLoader:
+    """`make_loader(split, epoch=0, start_batch=0)` over `cfg.data`, this rank's share of the global batch."""
+    from maavt_fast.data import build_loader
+
+    per_rank = max(cfg.train.batch_size // dist.world_size, 1)
+    device_id = dist.device.index if dist.device.type == "cuda" else None
+
+    def make(split: str, epoch: int = 0, start_batch: int = 0):
+        return build_loader(cfg.data, split, cfg.model.img_size, per_rank, cfg.train.seed, rank=dist.rank,
+                            world_size=dist.world_size, epoch=epoch, start_batch=start_batch, device_id=device_id)
+
+    return make
+
+
+def build_model(cfg: Config):
+    """A fresh `MAAVT` for `cfg.model`, initialised from `cfg.train.seed` (identical on every rank)."""
+    from maavt_fast.model import MAAVT
+
+    seed_everything(cfg.train.seed)
+    return MAAVT(cfg.model)
+
+
+def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: str, out_dir: str | Path,
+           n_attention: int = 8) -> Report:
+    """Evaluate the bare `model` on `split` and write the report files (rank 0)."""
+    from maavt_fast.data import class_names
+
+    out_dir = Path(out_dir)
+    precision = choose_precision(cfg.train.precision, dist.device)
+    loader = make_loader(split)
+    if len(loader) == 0:
+        raise ValueError(f"the {split!r} split of {cfg.data.root or '<data.root unset>'} is empty")
+    result = evaluate(model.to(dist.device), loader, dist.device, precision, cfg.model.num_classes)
+    paths: dict[str, Path] = {}
+    if dist.is_main:
+        names = class_names(cfg.data)
+        paths = write_report(result, out_dir, split, names)
+        if n_attention > 0:
+            batch = next(iter(loader)).to(dist.device)
+            paths["attention"] = attention_gallery(model, batch, out_dir / "attention", names, cfg.data.image_mean,
+                                                   cfg.data.image_std, limit=n_attention,
+                                                   autocast=precision.autocast(dist.device))
+        m = result.metrics
+        say(f"{split}: accuracy {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) on {m['samples']} samples, "
+            f"loss {m['loss']:.4f}")
+    return Report(split, result, paths)
+
+
+def run_train(cfg: Config, resume: str | Path | None = None, test_split: str | None = "test") -> tuple[TrainResult, Report | None]:
+    """Train per `cfg` (single process or under torchrun), then evaluate the best checkpoint on `test_split`."""
+    dist = setup(cfg.train.device)
+    try:
+        out_dir = Path(cfg.train.out_dir)
+        if dist.is_main:
+            write_config(cfg, out_dir)
+        model = build_model(cfg)
+        make_loader = loader_factory(cfg, dist)
+        trainer = Trainer(cfg, dist, model, make_loader)
+        if resume == "auto":
+            latest = checkpoint_paths(out_dir)[0]
+            resume = latest if latest.exists() else None
+        if resume is not None:
+            trainer.resume_from(resume)
+        result = trainer.fit()
+        final = None
+        if test_split is not None:
+            chosen = result.best or result.latest
+            load_weights(read_checkpoint(chosen), model, chosen)
+            say(f"evaluating {chosen} on the {test_split} split", dist.is_main)
+            final = report(cfg, dist, model, make_loader, test_split, out_dir / f"report_{test_split}")
+        return result, final
+    finally:
+        teardown()
+
+
+def run_eval(cfg: Config, checkpoint: str | Path | None, split: str, out_dir: str | Path,
+             n_attention: int = 8) -> Report:
+    """Evaluate a checkpoint (ours or official; None = the untrained model) on `split`; write the report."""
+    dist = setup(cfg.train.device)
+    try:
+        model = build_model(cfg)
+        if checkpoint is not None:
+            load_weights(read_checkpoint(checkpoint), model, checkpoint)
+        if dist.is_main:
+            write_config(cfg, out_dir)
+        with torch.no_grad():
+            return report(cfg, dist, model, loader_factory(cfg, dist), split, out_dir, n_attention)
+    finally:
+        teardown()

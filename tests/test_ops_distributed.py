@@ -1,0 +1,91 @@
+"""gather=True across 2 gloo ranks on CPU equals one process on the concatenated batch, after DDP.
+
+Each rank projects its half of the batch with a DistributedDataParallel-wrapped module (blockwise
+projections + learnable temperature) and calls the loss with gather=True; DDP averages the gradients.
+Loss and parameter gradients must equal the single-process run on the full batch, background rows
+included. The Triton path is checked too (TRITON_INTERPRET=1 is inherited by the spawned ranks).
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from maavt_fast.ops import blockwise_contrastive_loss, blockwise_projection
+from maavt_fast.ops._dispatch import kernel_device
+
+WORLD = 2
+L, B_LOCAL, D, P = 3, 4, 12, 10
+
+
+class _Heads(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w_a, self.w_v = (torch.nn.Parameter(torch.randn(L, P, D, generator=g)) for _ in range(2))
+        self.b_a, self.b_v = (torch.nn.Parameter(torch.randn(L, P, generator=g)) for _ in range(2))
+        self.temperature = torch.nn.Parameter(torch.tensor(0.1))
+
+    def forward(self, xa, xv, keep, impl, gather):
+        audio, visual = blockwise_projection(xa, self.w_a, self.b_a), blockwise_projection(xv, self.w_v, self.b_v)
+        return blockwise_contrastive_loss(audio, visual, keep, self.temperature, reduction="none", impl=impl,
+                                          gather=gather)
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    keep = torch.tensor([True, False, True, True, True, True, False, True])  # background rows on both ranks
+    return torch.randn(L, WORLD * B_LOCAL, D, generator=g), torch.randn(L, WORLD * B_LOCAL, D, generator=g), keep
+
+
+def _step(module, impl, rows=slice(None), gather=False):
+    xa, xv, keep = _batch()
+    losses = module(xa[:, rows], xv[:, rows], keep[rows], impl, gather)
+    losses.mean().backward()
+    inner = module.module if isinstance(module, DistributedDataParallel) else module
+    return losses.detach(), {name: p.grad.clone() for name, p in inner.named_parameters()}
+
+
+def _rank(rank, port, impls, out_dir):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        results = {}
+        for impl in impls:
+            model = DistributedDataParallel(_Heads())
+            results[impl] = _step(model, impl, slice(rank * B_LOCAL, (rank + 1) * B_LOCAL), gather=True)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gather_matches_single_process(tmp_path):
+    if kernel_device() is None:
+        pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
+    impls = ("torch", "triton")
+    mp.spawn(_rank, args=(_free_port(), impls, str(tmp_path)), nprocs=WORLD, join=True)
+    for impl in impls:
+        want_loss, want_grads = _step(_Heads(), "torch")
+        for rank in range(WORLD):
+            loss, grads = torch.load(tmp_path / f"rank{rank}.pt")[impl]
+            torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)
+            for name, grad in grads.items():
+                torch.testing.assert_close(grad, want_grads[name], atol=1e-5, rtol=1e-5, msg=f"{impl} {name}")
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_gather_without_process_group_is_a_no_op(impl):
+    if impl == "triton" and kernel_device() is None:
+        pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
+    assert not dist.is_initialized()
+    torch.testing.assert_close(_step(_Heads(), impl, gather=True), _step(_Heads(), impl, gather=False))

@@ -1,0 +1,72 @@
+"""A training process killed with SIGKILL mid-epoch and resumed with --resume ends with the parameters
+of an uninterrupted run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from maavt_fast.config import preset
+from maavt_fast.data import synthesize
+from maavt_fast.train.checkpoint import read_checkpoint
+from maavt_fast.train.run import run_train
+
+OVERRIDES = {"data.num_workers": "0", "train.batch_size": "4", "train.epochs": "4", "train.precision": "fp32",
+             "train.compile": "false", "train.lr": "1e-3", "train.schedule": "cosine", "train.warmup_epochs": "0.5",
+             "train.log_every": "1", "train.ckpt_every": "2", "train.grad_mod": "true"}
+
+
+def _cli_args(overrides):
+    return [a for k, v in overrides.items() for a in (f"--{k}", v)]
+
+
+def _kill_after_mid_epoch_checkpoint(proc, log, timeout=240.0):
+    """SIGKILL `proc` as soon as its log shows a checkpoint taken inside an epoch; returns that record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists():
+            for line in log.read_text().splitlines():
+                rec = json.loads(line)
+                if rec["event"] == "checkpoint" and rec["batch_in_epoch"] > 0:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait(timeout=30)
+                    return rec
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended (status {proc.returncode}) before it could be killed")
+        time.sleep(0.005)
+    proc.kill()
+    raise AssertionError("no mid-epoch checkpoint appeared in time")
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    root = synthesize(tmp_path / "data", num_classes=5, clips_per_class=8, seed=2, image_size=32)
+    base = {**OVERRIDES, "data.root": str(root)}
+
+    reference, _ = run_train(preset("tiny", {**base, "train.out_dir": str(tmp_path / "ref")}), test_split=None)
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "maavt_fast", "train", "--preset", "tiny", "--no-test",
+           *_cli_args({**base, "train.out_dir": str(out)})]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    record = _kill_after_mid_epoch_checkpoint(proc, out / "log.jsonl")
+    assert proc.returncode == -signal.SIGKILL
+    latest = out / "checkpoints" / "latest.pt"
+    killed_at = read_checkpoint(latest)["loop"]
+    assert killed_at["step"] >= record["step"] and killed_at["step"] < reference.loop.step
+
+    resumed = subprocess.run([sys.executable, "-m", "maavt_fast", "train", "--resume", str(latest), "--no-test"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {latest} at step {killed_at['step']}" in resumed.stdout
+    final = read_checkpoint(latest)
+    assert final["loop"]["step"] == reference.loop.step
+    ref = read_checkpoint(reference.latest)
+    for name, p in ref["model"].items():
+        assert torch.equal(final["model"][name], p), name
+    assert final["loop"]["best_acc"] == ref["loop"]["best_acc"]
