@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import shutil
 import sys
 import tempfile
@@ -96,9 +97,10 @@ def model_step_rate(batch: int, device: torch.device, repeats: int, depth: int |
         step = TrainStep(model, model, build_optimizer(model, 1e-4, 0.0, device), choose_precision("auto", device),
                          device, compile=False)
         what = f"MAAVT vit_tiny{f' depth {depth}' if depth else ''} train step (eager)"
+        steps = itertools.count()
 
         def run():
-            step(audio, image, label)
+            step(audio, image, label, next(steps))
     except ImportError:
         import timm
 

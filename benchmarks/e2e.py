@@ -20,6 +20,7 @@ import argparse
 import ctypes
 import dataclasses
 import gc
+import itertools
 import json
 import os
 import resource
@@ -71,12 +72,13 @@ class Case:
 
     @property
     def name(self) -> str:
-        return f"{self.vit.split('.')[0]}_{self.img_size}_d{self.depth or 'all'}_b{self.batch}_{self.impl}_{self.precision}"
+        vit = self.vit.split(".")[0]
+        return f"{vit}_{self.img_size}_d{self.depth or 'all'}_b{self.batch}_{self.impl}_{self.precision}"
 
     def model_config(self) -> ModelConfig:
         over = {"model.vit": self.vit, "model.img_size": str(self.img_size), "model.depth": str(self.depth),
                 "model.num_classes": str(NUM_CLASSES), "data.dataset": "vggsound"}
-        if self.img_size != 224:  # the spectrogram settings must produce img_size x img_size; the tiny preset's do at 32
+        if self.img_size != 224:  # the preset's spectrogram must be img_size square: the tiny preset's is 32 x 32
             return preset("tiny", over).model
         return preset("vggsound", over).model
 
@@ -148,17 +150,19 @@ def run_case(case: Case, timing: Timing, device: torch.device, gemm_n: int, prof
     """Measure one row: the GEMM ceiling in its dtype, the training step, the inference forward, a profile."""
     from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[case.precision]
-    result = {"gemm_tflops": roofline.measure_gemm_tflops(device, dtype, gemm_n)}
+    fp32 = roofline.measure_gemm_tflops(device, torch.float32, gemm_n)
+    result = {"gemm_fp32_tflops": fp32, "gemm_tflops": fp32 if case.precision == "fp32" else
+              roofline.measure_gemm_tflops(device, torch.bfloat16, gemm_n)}
     model = build_model(case, device)
     audio, image, label = _batch(case, device)
     precision = choose_precision(case.precision, device)
     compiled = case.impl == "fast-compiled"
     step = TrainStep(model, model, build_optimizer(model, 1e-4, 0.0, device), precision, device, compile=compiled)
     last: dict = {}
+    counter = itertools.count()
 
     def train():
-        last.update(step(audio, image, label))
+        last.update(step(audio, image, label, next(counter)))
 
     forward = torch.compile(model) if compiled else model
 
@@ -219,13 +223,14 @@ def _run_in_process(case: Case, settings: Settings) -> dict:
 # ---------------------------------------------------------------------------------------------- one result row
 
 ROW_KEYS = (  # every row has exactly these columns (CSV-safe); None where a value does not apply
-    "device", "device_detail", "torch", "triton", "timm", "commit", "date", "run_id", "threads", "loadavg", "note",
+    "device", "device_detail", "torch", "triton", "timm", "commit", "date", "run_id", "threads", "load_1min", "note",
     "shape", "vit", "img_size", "depth", "batch", "impl", "precision",
-    "train_ms", "train_p20_ms", "train_p80_ms", "train_samples_per_s", "train_speedup", "train_first_call_s",
-    "train_peak_mb", "train_peak_ratio",
-    "infer_ms", "infer_p20_ms", "infer_p80_ms", "infer_samples_per_s", "infer_speedup", "infer_first_call_s",
-    "infer_peak_mb", "infer_peak_ratio", "process_peak_rss_mb",
-    "flops_per_step", "achieved_tflops", "gemm_tflops", "fraction_of_gemm", "published_peak_tflops", "mfu",
+    "train_ms", "train_p20_ms", "train_p80_ms", "train_samples_per_s", "train_speedup", "train_speedup_adj",
+    "train_first_call_s", "train_peak_mb", "train_peak_ratio",
+    "infer_ms", "infer_p20_ms", "infer_p80_ms", "infer_samples_per_s", "infer_speedup", "infer_speedup_adj",
+    "infer_first_call_s", "infer_peak_mb", "infer_peak_ratio", "process_peak_rss_mb",
+    "flops_per_step", "achieved_tflops", "gemm_tflops", "gemm_fp32_tflops", "fraction_of_gemm",
+    "published_peak_tflops", "mfu",
     "final_loss", "profile", "error",
 )
 
@@ -233,15 +238,10 @@ ROW_KEYS = (  # every row has exactly these columns (CSV-safe); None where a val
 def finish_row(case: Case, measured: dict, ref: dict | None, flops: int, context: dict) -> dict:
     """Flat row: context + case + measurements, ratios to `ref` (the shape's reference row) and roofline numbers."""
     row = dict.fromkeys(ROW_KEYS) | context | dataclasses.asdict(case) | {"shape": case.shape} | measured
-    row["loadavg"] = round(os.getloadavg()[0], 2)
+    row["load_1min"] = round(os.getloadavg()[0], 2)  # at the end of this row (the context's is the run's start)
     if row["error"] is not None:
         return row
-    ref = row if case.impl == "reference" else ref
-    if ref is not None and ref["error"] is None:
-        for phase in ("train", "infer"):
-            row[f"{phase}_speedup"] = ref[f"{phase}_ms"] / row[f"{phase}_ms"]
-            row[f"{phase}_peak_ratio"] = row[f"{phase}_peak_mb"] / ref[f"{phase}_peak_mb"] \
-                if ref[f"{phase}_peak_mb"] > 0 else None
+    add_reference_ratios(row, row if case.impl == "reference" else ref)
     row["flops_per_step"] = flops
     row["achieved_tflops"] = flops / (row["train_ms"] * 1e-3) / 1e12
     row["fraction_of_gemm"] = row["achieved_tflops"] / row["gemm_tflops"]
@@ -249,6 +249,33 @@ def finish_row(case: Case, measured: dict, ref: dict | None, flops: int, context
     if row["published_peak_tflops"]:
         row["mfu"] = row["achieved_tflops"] / row["published_peak_tflops"]
     return row
+
+
+def add_reference_ratios(row: dict, ref: dict | None) -> None:
+    """Speedups (reference time / row time) and peak-memory ratios (row / reference) of both phases.
+
+    `*_speedup_adj` corrects for a shared machine: each time is first multiplied by the fp32 GEMM rate
+    measured in its own process (a time in units of "large fp32 matmuls"), so a row that ran while other
+    jobs slowed the cores down is not counted as slower.
+    """
+    if ref is None or ref["error"] is not None:
+        return
+    load = ref["gemm_fp32_tflops"] / row["gemm_fp32_tflops"] if ref.get("gemm_fp32_tflops") and \
+        row.get("gemm_fp32_tflops") else None
+    for phase in ("train", "infer"):
+        row[f"{phase}_speedup"] = ref[f"{phase}_ms"] / row[f"{phase}_ms"]
+        row[f"{phase}_speedup_adj"] = row[f"{phase}_speedup"] * load if load else None
+        ref_peak = ref[f"{phase}_peak_mb"]
+        row[f"{phase}_peak_ratio"] = row[f"{phase}_peak_mb"] / ref_peak if ref_peak > 0 else None
+
+
+def earlier_references(out: Path, run_id: str | None) -> dict[str, dict]:
+    """Reference rows already in `<out>/e2e.json` under `run_id` (a continued run), by shape."""
+    path = out / "e2e.json"
+    if run_id is None or not path.is_file():
+        return {}
+    return {r["shape"]: r for r in json.loads(path.read_text())
+            if r["run_id"] == run_id and r["impl"] == "reference" and r["error"] is None}
 
 
 def print_row(r: dict) -> None:
@@ -261,7 +288,8 @@ def print_row(r: dict) -> None:
         return f"x{v:5.2f}" if v is not None else "   -  "
 
     print(f"{head} train {r['train_ms']:9.1f} ms [{r['train_p20_ms']:.1f}, {r['train_p80_ms']:.1f}] "
-          f"{r['train_samples_per_s']:8.2f}/s {x(r['train_speedup'])} | infer {r['infer_ms']:9.1f} ms "
+          f"{r['train_samples_per_s']:8.2f}/s {x(r['train_speedup'])} (adj {x(r['train_speedup_adj'])}) | "
+          f"infer {r['infer_ms']:9.1f} ms "
           f"{r['infer_samples_per_s']:8.2f}/s {x(r['infer_speedup'])} | step mem {r['train_peak_mb']:7.0f} MiB "
           f"{x(r['train_peak_ratio'])} | {r['achieved_tflops'] * 1e3:7.1f} GFLOP/s = "
           f"{100 * r['fraction_of_gemm']:5.1f}% of GEMM {r['gemm_tflops'] * 1e3:.0f}"
@@ -292,10 +320,11 @@ def run(settings: Settings) -> list[dict]:
     dev = settings.device
     context = harness.environment(dev) | {
         "device_detail": device_detail(dev), "timm": timm.__version__, "threads": settings.timing.threads,
-        "note": settings.note, "run_id": settings.run_id or f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"}
+        "note": settings.note,
+        "run_id": settings.run_id or f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"}
     print(f"e2e on {context['device_detail']} ({context['commit']}), warm-up {settings.timing.warmup}, "
           f"repeats {settings.timing.repeats}, {settings.timing.threads} threads", flush=True)
-    flops, refs, rows = {}, {}, []
+    flops, refs, rows = {}, earlier_references(settings.out, settings.run_id), []
     for case in settings.cases:
         if case.shape not in flops:
             flops[case.shape] = count_flops(case, dev)

@@ -17,7 +17,7 @@ DRY=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python || command -v python3 || echo python)}"
 RES="${OUT:-benchmarks/results}"
 LOG="$RES/gpu_check"
 # Seconds per step; the sum stays under 8 minutes (compiles of the fast-compiled rows dominate step 4).
@@ -42,7 +42,10 @@ if (( ! DRY )); then mkdir -p "$LOG"; fi
 if [[ -n "${XFORMERS_WHEEL:-}" ]]; then
   step install-xformers 120 "$PY" -m pip install --no-deps --no-index "$XFORMERS_WHEEL"
 fi
-step environment 60 bash -c "nvidia-smi; $PY -c 'import torch, triton, timm; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"triton\", triton.__version__, \"timm\", timm.__version__); print(torch.cuda.get_device_name(0))'"
+VERSIONS='import torch, triton, timm
+print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__, "timm", timm.__version__)
+print(torch.cuda.get_device_name(0))'
+step environment 60 bash -c "nvidia-smi; $PY -c '$VERSIONS'"
 step gpu-tests "$T_TESTS" "$PY" -m pytest -m gpu tests -q -rs --junitxml="$LOG/gpu_tests.xml" -p no:cacheprovider
 step ops "$T_OPS" "$PY" benchmarks/ops.py --out "$RES"
 step e2e "$T_E2E" "$PY" benchmarks/e2e.py --device cuda --batches 64,32,128 --warmup 3 --repeats 10 --out "$RES" \

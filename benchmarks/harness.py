@@ -2,8 +2,10 @@
 
 - `measure(fn, device, warmup, repeats)`: median / p20 / p80 milliseconds (CUDA events on GPU,
   `time.perf_counter` on CPU) and the peak memory one call adds (GPU: `torch.cuda.max_memory_allocated`;
-  CPU: the process's peak resident set, VmHWM, after resetting it through /proc/self/clear_refs).
-- `environment(device)`: device name, torch/triton versions, git commit, UTC date for every row.
+  CPU: the growth of the process's peak resident set, VmHWM, reset through /proc/self/clear_refs;
+  allocations served from memory the process already holds do not show there).
+- `environment(device)`: device name, torch/triton versions, git commit, UTC date and the 1-minute load
+  average (other work on a shared machine skews timings) for every row.
 - `append_rows(rows, out_dir, name)`: appends to `<out_dir>/<name>.json` and `<name>.csv`.
 - `plot_rows(rows, path, ...)`: one panel per group of rows, one line per series (matplotlib, Agg).
 """
@@ -14,6 +16,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -111,7 +114,8 @@ def environment(device: torch.device) -> dict[str, str]:
         triton_version = "none"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     return {"device": name, "torch": torch.__version__, "triton": triton_version, "commit": _git_commit(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def append_rows(rows: list[dict], out_dir: str | Path, name: str) -> tuple[Path, Path]:
@@ -131,7 +135,7 @@ def append_rows(rows: list[dict], out_dir: str | Path, name: str) -> tuple[Path,
 
 
 def plot_rows(rows: Iterable[dict], path: str | Path, x: str, y: str, panel: Sequence[str], series: str,
-              title: str = "", columns: int = 3) -> Path:
+              title: str = "", columns: int = 3, xlabel: str | None = None) -> Path:
     """Line plot of `y` against `x` (log-log), one panel per distinct `panel` key tuple, one line per `series`."""
     import matplotlib
     matplotlib.use("Agg")
@@ -149,7 +153,7 @@ def plot_rows(rows: Iterable[dict], path: str | Path, x: str, y: str, panel: Seq
         for name in sorted({r[series] for r in mine}):
             points = sorted((float(r[x]), float(r[y])) for r in mine if r[series] == name)
             ax.plot(*zip(*points), marker="o", label=name)
-        ax.set(title=" / ".join(map(str, key)), xlabel=x, ylabel=y, xscale="log", yscale="log")
+        ax.set(title=" / ".join(map(str, key)), xlabel=xlabel or x, ylabel=y, xscale="log", yscale="log")
         ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()

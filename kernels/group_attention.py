@@ -3,13 +3,15 @@
 Per group g with weights Wqkv (3D, D), bqkv (3D,), Wproj (D, D), bproj (D,), for each of the M
 sequences x (n, D), n <= 64, H heads of size d = D / H:
     q, k, v = split(x Wqkvᵀ + bqkv);  o_h = softmax(q_h k_hᵀ / sqrt(d)) v_h;  y = o Wprojᵀ + bproj.
-Forward: one launch, a program per (group, sequence); it writes o (fp32) for the backward.
-Backward: two launches. (1) per (group, sequence): attention backward -> dqkv (fp32 scratch) and dx.
-(2) per (group, tile of weight rows): dW = Σ_tokens dYᵀ X and db = Σ_tokens dY for both linears.
-The weight gradients sum over the M sequences, which launch (1) spreads over programs; a second
-launch keeps that sum deterministic (no float atomics) without a grid-wide barrier.
-All loads are upcast to fp32; inside a program, a debug_barrier separates writing a scratch row
-from reading it back in another layout.
+Forward: one launch, a program per (group, sequence, head) writes its head of o (fp32, kept for the
+backward); the last head program of a sequence to finish (an atomic arrival counter) then applies
+the output projection to all heads, so no program waits and no float atomics are needed.
+Backward: two launches. (1) per (group, sequence, head): attention backward -> dqkv (fp32 scratch).
+(2) tiles of dWqkv = Σ_tokens dqkvᵀ x, dWproj = Σ_tokens dyᵀ o (with the biases) and dx = dqkv Wqkv.
+Those sums run over the tokens of all sequences and heads, which launch (1) spreads over programs:
+a second launch keeps them deterministic without a grid-wide barrier.
+All loads are upcast to fp32. Tile sizes and warps are ones ptxas compiles without register spills
+for sm_90 at D = 768, 8 heads.
 """
 from __future__ import annotations
 
@@ -30,25 +32,30 @@ def _load_2d(ptr, r, c, s_r, s_c, n_r, n_c):
 
 
 @triton.jit
-def _rows_times_wt(a_ptr, s_an, s_ad, w_ptr, s_wo, s_wi, w_row0, tok, n, hcol, n_out, D,
-                   NP: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """A (n, D) @ W[w_row0 + hcol, :]ᵀ -> (NP, HP): tokens times selected weight rows."""
-    acc = tl.zeros([NP, HP], tl.float32)
-    for d0 in range(0, D, BD):
-        dd = d0 + tl.arange(0, BD)
-        a = _load_2d(a_ptr, tok, dd, s_an, s_ad, n, D)
-        w = _load_2d(w_ptr + w_row0 * s_wo, dd, hcol, s_wi, s_wo, D, n_out)
-        acc += tl.dot(a, w, input_precision=PREC)
+def _store_2d(ptr, r, c, s_r, s_c, n_r, n_c, value):
+    mask = (r < n_r)[:, None] & (c < n_c)[None, :]
+    tl.store(ptr + r[:, None] * s_r + c[None, :] * s_c, value, mask=mask)
+
+
+@triton.jit
+def _mm(a_ptr, s_ar, s_ak, b_ptr, s_bk, s_bc, r, c, n_r, n_c, K,
+        R: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """A[r, :K] @ B[:K, c] as an fp32 (R, C) tile (rows >= n_r and columns >= n_c read as zero)."""
+    acc = tl.zeros([R, C], tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + tl.arange(0, BK)
+        acc += tl.dot(_load_2d(a_ptr, r, kk, s_ar, s_ak, n_r, K), _load_2d(b_ptr, kk, c, s_bk, s_bc, K, n_c),
+                      input_precision=PREC)
     return acc
 
 
 @triton.jit
 def _head_qkv(x_ptr, s_xn, s_xd, w_ptr, s_wo, s_wi, b_ptr, s_b, h, tok, n, hcol, hd, D,
               NP: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-    """q, k, v (NP, HP) of head h, with biases."""
-    q = _rows_times_wt(x_ptr, s_xn, s_xd, w_ptr, s_wo, s_wi, h * hd, tok, n, hcol, hd, D, NP, HP, BD, PREC)
-    k = _rows_times_wt(x_ptr, s_xn, s_xd, w_ptr, s_wo, s_wi, D + h * hd, tok, n, hcol, hd, D, NP, HP, BD, PREC)
-    v = _rows_times_wt(x_ptr, s_xn, s_xd, w_ptr, s_wo, s_wi, 2 * D + h * hd, tok, n, hcol, hd, D, NP, HP, BD, PREC)
+    """q, k, v (NP, HP) of head h: x @ Wqkv[rows of q_h, k_h, v_h]ᵀ + biases."""
+    q = _mm(x_ptr, s_xn, s_xd, w_ptr + (h * hd) * s_wo, s_wi, s_wo, tok, hcol, n, hd, D, NP, HP, BD, PREC)
+    k = _mm(x_ptr, s_xn, s_xd, w_ptr + (D + h * hd) * s_wo, s_wi, s_wo, tok, hcol, n, hd, D, NP, HP, BD, PREC)
+    v = _mm(x_ptr, s_xn, s_xd, w_ptr + (2 * D + h * hd) * s_wo, s_wi, s_wo, tok, hcol, n, hd, D, NP, HP, BD, PREC)
     hmask = hcol < hd
     q += tl.load(b_ptr + (h * hd + hcol) * s_b, mask=hmask, other=0.0).to(tl.float32)[None, :]
     k += tl.load(b_ptr + (D + h * hd + hcol) * s_b, mask=hmask, other=0.0).to(tl.float32)[None, :]
@@ -66,138 +73,109 @@ def _softmax_probs(q, k, tok, n, scale, PREC: tl.constexpr):
 
 
 @triton.jit
-def _store_2d(ptr, r, c, s_r, s_c, n_r, n_c, value):
-    mask = (r < n_r)[:, None] & (c < n_c)[None, :]
-    tl.store(ptr + r[:, None] * s_r + c[None, :] * s_c, value, mask=mask)
-
-
-@triton.jit
-def _rows_times_w(a_ptr, s_an, s_ad, w_ptr, s_wo, s_wi, b_ptr, s_b, y_ptr, s_yn, s_yd, n, n_in, n_out,
-                  HAS_BIAS: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr,
-                  PREC: tl.constexpr):
-    """y (n, n_out) = A (n, n_in) @ Wᵀ (+ b) where W is (n_out, n_in); tiles of BE output columns."""
-    tok = tl.arange(0, NP)
-    for e0 in range(0, n_out, BE):
-        ee = e0 + tl.arange(0, BE)
-        acc = _rows_times_wt(a_ptr, s_an, s_ad, w_ptr, s_wo, s_wi, e0, tok, n, tl.arange(0, BE), n_out - e0, n_in,
-                             NP, BE, BD, PREC)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + ee * s_b, mask=ee < n_out, other=0.0).to(tl.float32)[None, :]
-        _store_2d(y_ptr, tok, ee, s_yn, s_yd, n, n_out, acc)
-
-
-@triton.jit
-def group_attention_fwd_kernel(x_ptr, wqkv_ptr, bqkv_ptr, wproj_ptr, bproj_ptr, o_ptr, y_ptr,
-                               n, D, H, hd, scale,
+def group_attention_fwd_kernel(x_ptr, wqkv_ptr, bqkv_ptr, wproj_ptr, bproj_ptr, o_ptr, y_ptr, count_ptr,
+                               M, n, D, H, hd, scale,
                                s_xg, s_xm, s_xn, s_xd, s_qg, s_qo, s_qi, s_qbg, s_qb,
-                               s_pg, s_po, s_pi, s_pbg, s_pb, s_og, s_om, s_yg, s_ym, s_yn, s_yd,
+                               s_pg, s_po, s_pi, s_pbg, s_pb, s_yg, s_ym, s_yn, s_yd,
                                NP: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
                                PREC: tl.constexpr):
-    """Grid (G, M). o: contiguous fp32 (G, M, n, D) scratch kept for the backward; y: output."""
+    """Grid (G, M, H). o: contiguous fp32 (G, M, n, D); count: zeroed int32 (G, M) arrival counters."""
     g = tl.program_id(0).to(tl.int64)
     m = tl.program_id(1).to(tl.int64)
-    x = x_ptr + g * s_xg + m * s_xm
-    o = o_ptr + g * s_og + m * s_om
+    h = tl.program_id(2)
+    o = o_ptr + (g * M + m) * n * D
     tok = tl.arange(0, NP)
     hcol = tl.arange(0, HP)
-    for h in range(0, H):
-        q, k, v = _head_qkv(x, s_xn, s_xd, wqkv_ptr + g * s_qg, s_qo, s_qi, bqkv_ptr + g * s_qbg, s_qb, h, tok, n,
-                            hcol, hd, D, NP, HP, BD, PREC)
-        p = _softmax_probs(q, k, tok, n, scale, PREC)
-        _store_2d(o + h * hd, tok, hcol, D, 1, n, hd, tl.dot(p, v, input_precision=PREC))
-    tl.debug_barrier()
-    _rows_times_w(o, D, 1, wproj_ptr + g * s_pg, s_po, s_pi, bproj_ptr + g * s_pbg, s_pb,
-                  y_ptr + g * s_yg + m * s_ym, s_yn, s_yd, n, D, D, True, NP, BE, BD, PREC)
+    q, k, v = _head_qkv(x_ptr + g * s_xg + m * s_xm, s_xn, s_xd, wqkv_ptr + g * s_qg, s_qo, s_qi,
+                        bqkv_ptr + g * s_qbg, s_qb, h, tok, n, hcol, hd, D, NP, HP, BD, PREC)
+    p = _softmax_probs(q, k, tok, n, scale, PREC)
+    _store_2d(o + h * hd, tok, hcol, D, 1, n, hd, tl.dot(p, v, input_precision=PREC))
+    tl.debug_barrier()  # every thread's part of o_h is written before the arrival is signalled
+    if tl.atomic_add(count_ptr + g * M + m, 1, sem="acq_rel") == H - 1:
+        tl.debug_barrier()
+        wproj = wproj_ptr + g * s_pg
+        y = y_ptr + g * s_yg + m * s_ym
+        for e0 in range(0, D, BE):
+            ee = e0 + tl.arange(0, BE)
+            acc = _mm(o, D, 1, wproj + e0 * s_po, s_pi, s_po, tok, tl.arange(0, BE), n, D - e0, D, NP, BE, BD, PREC)
+            acc += tl.load(bproj_ptr + g * s_pbg + ee * s_pb, mask=ee < D, other=0.0).to(tl.float32)[None, :]
+            _store_2d(y, tok, ee, s_yn, s_yd, n, D, acc)
 
 
 @triton.jit
-def group_attention_bwd_kernel(x_ptr, wqkv_ptr, bqkv_ptr, wproj_ptr, dy_ptr, dqkv_ptr, dx_ptr,
-                               n, D, H, hd, scale,
+def group_attention_bwd_kernel(x_ptr, wqkv_ptr, bqkv_ptr, wproj_ptr, dy_ptr, dqkv_ptr,
+                               M, n, D, hd, scale,
                                s_xg, s_xm, s_xn, s_xd, s_qg, s_qo, s_qi, s_qbg, s_qb, s_pg, s_po, s_pi,
-                               s_dyg, s_dym, s_dyn, s_dyd, s_cg, s_cm, s_dxg, s_dxm, s_dxn, s_dxd,
-                               NP: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
-                               PREC: tl.constexpr):
-    """Grid (G, M): attention backward per head into dqkv (contiguous fp32 (G, M, n, 3D)), then dx."""
+                               s_dyg, s_dym, s_dyn, s_dyd,
+                               NP: tl.constexpr, HP: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+    """Grid (G, M, H): attention backward of one head into dqkv (contiguous fp32 (G, M, n, 3D))."""
     g = tl.program_id(0).to(tl.int64)
     m = tl.program_id(1).to(tl.int64)
-    x = x_ptr + g * s_xg + m * s_xm
-    dy = dy_ptr + g * s_dyg + m * s_dym
-    dqkv = dqkv_ptr + g * s_cg + m * s_cm
-    wqkv = wqkv_ptr + g * s_qg
+    h = tl.program_id(2)
+    dqkv = dqkv_ptr + (g * M + m) * n * 3 * D
     tok = tl.arange(0, NP)
     hcol = tl.arange(0, HP)
-    for h in range(0, H):
-        q, k, v = _head_qkv(x, s_xn, s_xd, wqkv, s_qo, s_qi, bqkv_ptr + g * s_qbg, s_qb, h, tok, n, hcol, hd, D,
-                            NP, HP, BD, PREC)
-        p = _softmax_probs(q, k, tok, n, scale, PREC)
-        # d o_h = dy @ Wproj[:, head columns]: Wproj rows are outputs, so read it transposed
-        do = _rows_times_wt(dy, s_dyn, s_dyd, wproj_ptr + g * s_pg, s_pi, s_po, h * hd, tok, n, hcol, hd, D,
-                            NP, HP, BD, PREC)
-        dv = tl.dot(tl.trans(p), do, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - tl.sum(dp * p, axis=1)[:, None]) * scale
-        dq = tl.dot(ds, k, input_precision=PREC)
-        dk = tl.dot(tl.trans(ds), q, input_precision=PREC)
-        _store_2d(dqkv + h * hd, tok, hcol, 3 * D, 1, n, hd, dq)
-        _store_2d(dqkv + D + h * hd, tok, hcol, 3 * D, 1, n, hd, dk)
-        _store_2d(dqkv + 2 * D + h * hd, tok, hcol, 3 * D, 1, n, hd, dv)
-    tl.debug_barrier()
-    # dx = dqkv @ Wqkv: Wqkv read transposed, as an (D, 3D) "output x input" matrix
-    _rows_times_w(dqkv, 3 * D, 1, wqkv, s_qi, s_qo, wqkv, 0, dx_ptr + g * s_dxg + m * s_dxm, s_dxn, s_dxd,
-                  n, 3 * D, D, False, NP, BE, BD, PREC)
+    q, k, v = _head_qkv(x_ptr + g * s_xg + m * s_xm, s_xn, s_xd, wqkv_ptr + g * s_qg, s_qo, s_qi,
+                        bqkv_ptr + g * s_qbg, s_qb, h, tok, n, hcol, hd, D, NP, HP, BD, PREC)
+    p = _softmax_probs(q, k, tok, n, scale, PREC)
+    # d o_h = dy @ Wproj[:, columns of head h]
+    do = _mm(dy_ptr + g * s_dyg + m * s_dym, s_dyn, s_dyd, wproj_ptr + g * s_pg + (h * hd) * s_pi, s_po, s_pi,
+             tok, hcol, n, hd, D, NP, HP, BD, PREC)
+    dv = tl.dot(tl.trans(p), do, input_precision=PREC)
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    ds = p * (dp - tl.sum(dp * p, axis=1)[:, None]) * scale
+    _store_2d(dqkv + h * hd, tok, hcol, 3 * D, 1, n, hd, tl.dot(ds, k, input_precision=PREC))
+    _store_2d(dqkv + D + h * hd, tok, hcol, 3 * D, 1, n, hd, tl.dot(tl.trans(ds), q, input_precision=PREC))
+    _store_2d(dqkv + 2 * D + h * hd, tok, hcol, 3 * D, 1, n, hd, dv)
 
 
 @triton.jit
-def _weight_grad_rows(dy_ptr, s_dym, s_dyn, s_dyo, a_ptr, s_am, s_an, s_ai, dw_ptr, s_dwo, s_dwi, db_ptr, s_db,
-                      rows, n_rows, M, n, n_in, BW: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
-                      PREC: tl.constexpr):
-    """Rows `rows` of dW = Σ_t dY[t, rows]ᵀ A[t, :] and db = Σ_t dY[t, rows] over the M*n tokens t."""
-    rmask = rows < n_rows
-    db = tl.zeros([BW], tl.float32)
-    for e0 in range(0, n_in, BE):
-        ee = e0 + tl.arange(0, BE)
-        acc = tl.zeros([BW, BE], tl.float32)
-        for t0 in range(0, M * n, BT):
+def _weight_grad_tile(dy_ptr, F, a_ptr, rows, e, T, D, dw_ptr, db_ptr,
+                      BR: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    """dW[rows, e] = Σ_t dY[t, rows] A[t, e] for contiguous dY (T, F), A (T, D); db[rows] on the first e tile."""
+    acc = _mm(dy_ptr, 1, F, a_ptr, D, 1, rows, e, F, D, T, BR, BE, BT, PREC)
+    _store_2d(dw_ptr, rows, e, D, 1, F, D, acc)
+    if tl.program_id(2) == 0:
+        db = tl.zeros([BR], tl.float32)
+        for t0 in range(0, T, BT):
             t = t0 + tl.arange(0, BT)
-            tmask = t < M * n
-            dy_off = (t // n).to(tl.int64)[:, None] * s_dym + (t % n)[:, None] * s_dyn + rows[None, :] * s_dyo
-            dyt = tl.load(dy_ptr + dy_off, mask=tmask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
-            a_off = (t // n).to(tl.int64)[:, None] * s_am + (t % n)[:, None] * s_an + ee[None, :] * s_ai
-            at = tl.load(a_ptr + a_off, mask=tmask[:, None] & (ee < n_in)[None, :], other=0.0).to(tl.float32)
-            acc += tl.dot(tl.trans(dyt), at, input_precision=PREC)
-            if e0 == 0:
-                db += tl.sum(dyt, axis=0)
-        _store_2d(dw_ptr, rows, ee, s_dwo, s_dwi, n_rows, n_in, acc)
-    tl.store(db_ptr + rows * s_db, db, mask=rmask)
+            db += tl.sum(_load_2d(dy_ptr, t, rows, F, 1, T, F), axis=0)
+        tl.store(db_ptr + rows, db, mask=rows < F)
 
 
 @triton.jit
-def group_attention_wgrad_kernel(x_ptr, dqkv_ptr, o_ptr, dy_ptr, dwqkv_ptr, dbqkv_ptr, dwproj_ptr, dbproj_ptr,
-                                 M, n, D, n_qkv_tiles,
-                                 s_xg, s_xm, s_xn, s_xd, s_cg, s_cm, s_og, s_om,
-                                 s_dyg, s_dym, s_dyn, s_dyd,
-                                 BW: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, PREC: tl.constexpr):
-    """Grid (G, qkv row tiles + proj row tiles); all weight-gradient outputs are contiguous."""
+def group_attention_grad_kernel(x_ptr, wqkv_ptr, dqkv_ptr, o_ptr, dy_ptr, dx_ptr,
+                                dwqkv_ptr, dbqkv_ptr, dwproj_ptr, dbproj_ptr,
+                                T, D, n_qkv_tiles, n_proj_tiles, s_qg, s_qo, s_qi,
+                                BR: tl.constexpr, BE: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    """Grid (G, dWqkv row tiles + dWproj row tiles + dx token tiles, D column tiles), T = M * n tokens.
+
+    x, dy, o, dqkv, dx and the weight gradients are contiguous; Wqkv is read through its strides.
+    """
     g = tl.program_id(0).to(tl.int64)
     tile = tl.program_id(1)
+    e = tl.program_id(2) * BE + tl.arange(0, BE)
+    dqkv = dqkv_ptr + g * T * 3 * D
     if tile < n_qkv_tiles:
-        rows = tile * BW + tl.arange(0, BW)
-        _weight_grad_rows(dqkv_ptr + g * s_cg, s_cm, 3 * D, 1, x_ptr + g * s_xg, s_xm, s_xn, s_xd,
-                          dwqkv_ptr + g * 3 * D * D, D, 1, dbqkv_ptr + g * 3 * D, 1, rows, 3 * D, M, n, D,
-                          BW, BT, BE, PREC)
+        rows = tile * BR + tl.arange(0, BR)
+        _weight_grad_tile(dqkv, 3 * D, x_ptr + g * T * D, rows, e, T, D, dwqkv_ptr + g * 3 * D * D,
+                          dbqkv_ptr + g * 3 * D, BR, BE, BT, PREC)
     else:
-        rows = (tile - n_qkv_tiles) * BW + tl.arange(0, BW)
-        _weight_grad_rows(dy_ptr + g * s_dyg, s_dym, s_dyn, s_dyd, o_ptr + g * s_og, s_om, D, 1,
-                          dwproj_ptr + g * D * D, D, 1, dbproj_ptr + g * D, 1, rows, D, M, n, D,
-                          BW, BT, BE, PREC)
+        if tile < n_qkv_tiles + n_proj_tiles:
+            rows = (tile - n_qkv_tiles) * BR + tl.arange(0, BR)
+            _weight_grad_tile(dy_ptr + g * T * D, D, o_ptr + g * T * D, rows, e, T, D, dwproj_ptr + g * D * D,
+                              dbproj_ptr + g * D, BR, BE, BT, PREC)
+        else:
+            t = (tile - n_qkv_tiles - n_proj_tiles) * BR + tl.arange(0, BR)
+            acc = _mm(dqkv, 3 * D, 1, wqkv_ptr + g * s_qg, s_qo, s_qi, t, e, T, D, 3 * D, BR, BE, BT, PREC)
+            _store_2d(dx_ptr + g * T * D, t, e, D, 1, T, D, acc)
 
 
 def _sizes(x: torch.Tensor, num_heads: int) -> tuple[int, int, int, int, int, int]:
     G, M, n, D = x.shape
     if n > MAX_TOKENS:
         raise ValueError(f"the Triton group attention takes at most {MAX_TOKENS} tokens per sequence; got n={n}")
-    hd = D // num_heads
-    return G, M, n, D, hd, block(n)
+    return G, M, n, D, D // num_heads, block(n)
 
 
 def group_attention_forward(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
@@ -207,12 +185,12 @@ def group_attention_forward(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias:
     G, M, n, D, hd, NP = _sizes(x, num_heads)
     o = torch.empty(G, M, n, D, device=x.device, dtype=torch.float32)
     y = torch.empty(G, M, n, D, device=x.device, dtype=x.dtype)
+    count = torch.zeros(G, M, device=x.device, dtype=torch.int32)
     prec, _ = dot_precisions(x.dtype)
-    launch("group_attention_fwd", group_attention_fwd_kernel, (G, M),
-           x, qkv_weight, qkv_bias, proj_weight, proj_bias, o, y, n, D, num_heads, hd, hd ** -0.5,
+    launch("group_attention_fwd", group_attention_fwd_kernel, (G, M, num_heads),
+           x, qkv_weight, qkv_bias, proj_weight, proj_bias, o, y, count, M, n, D, num_heads, hd, hd ** -0.5,
            *x.stride(), *qkv_weight.stride(), *qkv_bias.stride(), *proj_weight.stride(), *proj_bias.stride(),
-           o.stride(0), o.stride(1), *y.stride(),
-           NP=NP, HP=block(hd), BD=32, BE=64, PREC=prec, num_warps=4)
+           *y.stride(), NP=NP, HP=block(hd), BD=16, BE=64, PREC=prec, num_warps=4)
     return y, o
 
 
@@ -223,20 +201,19 @@ def group_attention_backward(dy: torch.Tensor, x: torch.Tensor, qkv_weight: torc
     G, M, n, D, hd, NP = _sizes(x, num_heads)
     prec, _ = dot_precisions(x.dtype)
     dqkv = torch.empty(G, M, n, 3 * D, device=x.device, dtype=torch.float32)
-    dx = torch.empty_like(x, memory_format=torch.contiguous_format)
-    launch("group_attention_bwd", group_attention_bwd_kernel, (G, M),
-           x, qkv_weight, qkv_bias, proj_weight, dy, dqkv, dx, n, D, num_heads, hd, hd ** -0.5,
+    launch("group_attention_bwd", group_attention_bwd_kernel, (G, M, num_heads),
+           x, qkv_weight, qkv_bias, proj_weight, dy, dqkv, M, n, D, hd, hd ** -0.5,
            *x.stride(), *qkv_weight.stride(), *qkv_bias.stride(), *proj_weight.stride(), *dy.stride(),
-           dqkv.stride(0), dqkv.stride(1), *dx.stride(),
-           NP=NP, HP=block(hd), BD=32, BE=64, PREC=prec, num_warps=4)
-    dw = [torch.empty(G, 3 * D, D, device=x.device, dtype=qkv_weight.dtype),
-          torch.empty(G, 3 * D, device=x.device, dtype=qkv_bias.dtype),
-          torch.empty(G, D, D, device=x.device, dtype=proj_weight.dtype),
-          torch.empty(G, D, device=x.device, dtype=qkv_bias.dtype)]
-    BW = 32
-    n_qkv_tiles = triton.cdiv(3 * D, BW)
-    launch("group_attention_wgrad", group_attention_wgrad_kernel, (G, n_qkv_tiles + triton.cdiv(D, BW)),
-           x, dqkv, o, dy, *dw, M, n, D, n_qkv_tiles, *x.stride(), dqkv.stride(0), dqkv.stride(1),
-           o.stride(0), o.stride(1), *dy.stride(), BW=BW, BT=block(M * n, maximum=64), BE=64, PREC=prec,
-           num_warps=4)
-    return (dx, *dw)
+           NP=NP, HP=block(hd), BD=16, PREC=prec, num_warps=4)
+    grads = [torch.empty(G, M, n, D, device=x.device, dtype=x.dtype),
+             torch.empty(G, 3 * D, D, device=x.device, dtype=qkv_weight.dtype),
+             torch.empty(G, 3 * D, device=x.device, dtype=qkv_bias.dtype),
+             torch.empty(G, D, D, device=x.device, dtype=proj_weight.dtype),
+             torch.empty(G, D, device=x.device, dtype=qkv_bias.dtype)]
+    T, BR, BE = M * n, 32, 64
+    n_qkv_tiles, n_proj_tiles = triton.cdiv(3 * D, BR), triton.cdiv(D, BR)
+    launch("group_attention_wgrad", group_attention_grad_kernel,
+           (G, n_qkv_tiles + n_proj_tiles + triton.cdiv(T, BR), triton.cdiv(D, BE)),
+           x.contiguous(), qkv_weight, dqkv, o, dy.contiguous(), *grads, T, D, n_qkv_tiles, n_proj_tiles,
+           *qkv_weight.stride(), BR=BR, BE=BE, BT=block(T, maximum=32), PREC=prec, num_warps=8)
+    return tuple(grads)

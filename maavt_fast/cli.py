@@ -12,6 +12,7 @@ import importlib.util
 import json
 import sys
 import typing
+import warnings
 from pathlib import Path
 
 from maavt_fast.config import PRESETS, Config, ConfigError, apply_overrides, preset
@@ -267,6 +268,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def main(argv: list[str] | None = None) -> int:
     from maavt_fast.train.loop import NonFiniteLossError
 
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")  # internal deprecations
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":

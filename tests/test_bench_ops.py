@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import harness  # noqa: E402
 
 COLUMNS = {"op", "impl", "mode", "variant", "x", "size", "median_ms", "p20_ms", "p80_ms", "peak_bytes", "repeats",
-           "device", "torch", "triton", "commit", "date"}
+           "device", "torch", "triton", "commit", "date", "load_1min"}
 
 
 def test_quick_run_writes_rows_and_plot(tmp_path):

@@ -114,15 +114,30 @@ def test_train_transforms_same_plans_ranges_and_seeded(vgg):
         assert pixel_diff(a, b, vgg).mean() <= 4 * JPEG_MEAN
 
 
-def test_skip_bad_counts_on_dali(vgg, tmp_path):
+def test_bad_files_on_dali_are_named_or_skipped(vgg, tmp_path):
     import shutil
+    from pathlib import Path
+
+    from maavt_fast.data import DataError
+    from maavt_fast.data.dataset import ClipDataset
 
     root = tmp_path / "v"
     shutil.copytree(vgg.root, root)
-    cfg = dataclasses.replace(vgg, root=str(root), skip_bad=True)
-    from maavt_fast.data.dataset import ClipDataset
-
-    ClipDataset(cfg, "test", 32, 1).clips[0].audio.write_bytes(b"")
-    loader = build_loader(dataclasses.replace(cfg, decode="dali"), "test", 32, 3, seed=1)
-    got = list(loader)
-    assert sum(len(b) for b in got) == 5 and loader.skipped == 1
+    cfg = dataclasses.replace(vgg, root=str(root), decode="dali")
+    clips = ClipDataset(cfg, "test", 32, 1).clips
+    clips[0].audio.write_bytes(b"")
+    with pytest.raises(DataError, match="audio file is empty") as err:  # raised in a parallel worker
+        list(build_loader(cfg, "test", 32, 3, seed=1, num_workers=2))
+    assert err.value.path == str(clips[0].audio)
+    loader = build_loader(dataclasses.replace(cfg, skip_bad=True), "test", 32, 3, seed=1)
+    assert sum(len(b) for b in loader) == 5 and loader.skipped == 1
+    # a JPEG cut after its header: DALI's decoder would return grey; the host source refuses it
+    shutil.copy(Path(vgg.root) / clips[0].audio.relative_to(root), clips[0].audio)
+    frame = sorted(clips[4].visual.iterdir())[0]
+    data = frame.read_bytes()
+    frame.write_bytes(data[:len(data) * 7 // 10])
+    with pytest.raises(DataError, match="corrupt or truncated image") as err:
+        list(build_loader(cfg, "test", 32, 3, seed=1))
+    assert err.value.path == str(frame)
+    loader = build_loader(dataclasses.replace(cfg, skip_bad=True), "test", 32, 3, seed=1)
+    assert sum(len(b) for b in loader) == 5 and loader.skipped == 1

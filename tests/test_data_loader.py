@@ -111,3 +111,10 @@ def test_background_pairs_swap_the_image_for_another_class(vgg, parity_bug):
         else:
             assert same[0].labels[0] != own.labels[0]
     assert 0 < n_bg < len(ds)
+
+
+@pytest.mark.parametrize("decode", ["cpu", "dali"])
+def test_empty_split_gives_an_empty_loader(vgg, decode):
+    cfg = dataclasses.replace(vgg, val_fraction=0.0, decode=decode)
+    loader = build_loader(cfg, "val", 32, 4, seed=3)
+    assert len(loader) == 0 and list(loader) == []

@@ -118,7 +118,7 @@ def test_compiled_train_step_matches_eager_on_cuda():
         model = _model(cfg)
         step = TrainStep(model, model, build_optimizer(model, 1e-4, 0.0, device), choose_precision("fp32", device),
                          device, compile=compiled)
-        losses[compiled] = [step(*batch)["loss"].item() for _ in range(3)]
+        losses[compiled] = [step(*batch, i)["loss"].item() for i in range(3)]
     assert all(math.isfinite(v) for v in losses[True])
     # Same weights, inputs and Adam updates: the compiled step follows the eager one up to rounding.
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), atol=1e-3, rtol=1e-3)
@@ -133,7 +133,7 @@ def test_compiled_train_step_bf16_on_cuda():
     step = TrainStep(model, model, build_optimizer(model, 1e-4, 0.0, device), choose_precision("auto", device),
                      device, compile=True)
     assert step.precision.name == "bf16"
-    out = [step(*_batch(cfg, batch=8)) for _ in range(2)]
+    out = [step(*_batch(cfg, batch=8), i) for i in range(2)]
     assert all(math.isfinite(o["loss"].item()) for o in out)
 
 

@@ -5,6 +5,7 @@ On CPU the Triton kernels run in the interpreter: TRITON_INTERPRET=1 must be set
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -138,14 +139,21 @@ def test_bad_arguments_raise_clear_errors(kwargs, message):
         blockwise_contrastive_loss(audio, visual, **kwargs)
 
 
-def test_imports_without_triton_and_forced_triton_explains():
-    code = ("import sys; sys.modules['triton'] = None\n"
+@pytest.mark.parametrize("setup,env_interpret,message", [
+    ("import sys; sys.modules['triton'] = None", "1", "needs the triton package"),  # triton missing
+    ("", None, "needs CUDA tensors, or TRITON_INTERPRET=1"),  # CPU tensors without the interpreter
+])
+def test_forced_triton_that_cannot_run_explains(setup, env_interpret, message):
+    code = (f"{setup}\n"
             "import torch; from maavt_fast.ops import blockwise_contrastive_loss as f\n"
-            "a = torch.randn(2, 3, 8); f(a, a)\n"
+            "a = torch.randn(2, 3, 8); f(a, a)\n"  # impl="auto" still works
             "try: f(a, a, impl='triton')\n"
             "except RuntimeError as e: print(e)\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "needs the triton package" in out
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if env_interpret:
+        env["TRITON_INTERPRET"] = env_interpret
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert message in out
 
 
 @pytest.mark.gpu

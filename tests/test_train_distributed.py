@@ -7,33 +7,35 @@ import sys
 
 import torch
 
-from maavt_fast.config import Config
+from maavt_fast.config import Config, preset
 from maavt_fast.data import synthesize
 from maavt_fast.train.checkpoint import read_checkpoint
-from maavt_fast.train.run import build_model
+from maavt_fast.train.run import build_model, run_train
 
 # bg_prob=0: with background rows the per-rank FG cross-entropy is a mean over a rank-dependent number of
 # rows, so averaging the two ranks' gradients is not the single-process gradient (the release has the same
 # property); the contrastive loss gathers with autograd and is exact with them.
-ARGS = ["--preset", "tiny", "--data.bg_prob", "0", "--data.num_workers", "0", "--train.batch_size", "4",
-        "--train.max_steps", "3", "--train.precision", "fp32", "--train.compile", "false", "--train.lr", "1e-3",
-        "--train.log_every", "1", "--train.schedule", "cosine", "--no-test"]
+OVERRIDES = {"data.bg_prob": "0", "data.num_workers": "0", "train.batch_size": "4", "train.max_steps": "3",
+             "train.precision": "fp32", "train.compile": "false", "train.lr": "1e-3", "train.log_every": "1",
+             "train.schedule": "cosine"}
 
 
-def _train(cmd_prefix, root, out_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*cmd_prefix, "-m", "maavt_fast", "train", *ARGS, "--data.root", str(root),
-                           "--train.out_dir", str(out_dir)], capture_output=True, text=True, env=env, timeout=300)
+def _train_two_ranks(root, out_dir):
+    args = [a for k, v in {**OVERRIDES, "data.root": str(root), "train.out_dir": str(out_dir)}.items()
+            for a in (f"--{k}", v)]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "maavt_fast", "train", "--preset", "tiny", "--no-test", *args],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return read_checkpoint(out_dir / "checkpoints" / "latest.pt"), proc.stdout
+    assert "on 2 x cpu" in proc.stdout
+    return read_checkpoint(out_dir / "checkpoints" / "latest.pt")
 
 
 def test_two_ranks_on_gloo_equal_one_process(tmp_path):
     root = synthesize(tmp_path / "data", num_classes=5, clips_per_class=8, seed=1, image_size=32)
-    single, _ = _train([sys.executable], root, tmp_path / "single")
-    ddp, out = _train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], root,
-                      tmp_path / "ddp")
-    assert "on 2 x cpu" in out
+    cfg = preset("tiny", {**OVERRIDES, "data.root": str(root), "train.out_dir": str(tmp_path / "single")})
+    single = read_checkpoint(run_train(cfg, test_split=None)[0].latest)
+    ddp = _train_two_ranks(root, tmp_path / "ddp")
     assert single["loop"]["step"] == ddp["loop"]["step"] == 3
     init = build_model(Config.from_dict(single["config"])).trainable_state_dict()
     # Adam's first moment is a sum of past gradients: equal moments mean equal gradients on every step

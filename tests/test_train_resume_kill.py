@@ -47,7 +47,12 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     root = synthesize(tmp_path / "data", num_classes=5, clips_per_class=8, seed=2, image_size=32)
     base = {**OVERRIDES, "data.root": str(root)}
 
-    reference, _ = run_train(preset("tiny", {**base, "train.out_dir": str(tmp_path / "ref")}), test_split=None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses (OMP_NUM_THREADS=1): same reduction order, bitwise results
+    try:
+        reference, _ = run_train(preset("tiny", {**base, "train.out_dir": str(tmp_path / "ref")}), test_split=None)
+    finally:
+        torch.set_num_threads(threads)
 
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "maavt_fast", "train", "--preset", "tiny", "--no-test",

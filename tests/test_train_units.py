@@ -9,7 +9,7 @@ import torch
 
 from maavt_fast.config import BG_LABEL, TrainConfig
 from maavt_fast.train import checkpoint as ckpt
-from maavt_fast.train.grad_mod import modality_scores, modulate_gradients, ogm_coefficients
+from maavt_fast.train.grad_mod import modality_scores, modulate_gradients, noise_seed, ogm_coefficients
 from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration
 from maavt_fast.train.metrics import batch_counts, confusion_counts, per_class_accuracy, summarize
 from maavt_fast.train.schedule import lr_at, set_lr, total_steps
@@ -106,6 +106,20 @@ def test_modulate_gradients_scales_and_adds_noise_of_grad_std():
     assert (a.grad - 0.5 * ga).std().item() == pytest.approx(ga.std().item(), rel=0.05)
     assert (v.grad - gv).std().item() == pytest.approx(gv.std().item(), rel=0.05)  # noise even at coeff 1
     assert scalar.grad.item() == 1.0  # single-element parameters are left alone (as the release does)
+
+
+def test_gradient_noise_depends_only_on_seed_and_step():
+    def noisy(step, consume_global_rng=False):
+        p = torch.nn.Parameter(torch.zeros(50))
+        p.grad = torch.ones(50) + torch.arange(50.0)
+        if consume_global_rng:
+            torch.rand(7)  # e.g. a DataLoader drawing its base seed
+        g = torch.Generator().manual_seed(noise_seed(1234, step))
+        modulate_gradients({"audio": [p], "visual": []}, torch.tensor(1.0), torch.tensor(1.0), g)
+        return p.grad
+
+    assert torch.equal(noisy(5), noisy(5, consume_global_rng=True))
+    assert not torch.equal(noisy(5), noisy(6))
 
 
 # ----------------------------------------------------------------------------------------------- precision

@@ -20,9 +20,19 @@ from maavt_fast.data.image import image_size
 from maavt_fast.data.loader import Batch, Loader
 
 
+_END_MARKERS = {b"\xff\xd8": (b"\xff\xd9", 64), b"\x89P": (b"IEND", 16)}  # JPEG, PNG: (end marker, within)
+
+
 def _bytes(path, kind: str) -> np.ndarray:
-    """The encoded bytes of a media file, (n,) uint8."""
-    return np.fromfile(require_file(path, kind), dtype=np.uint8)
+    """The encoded bytes of a media file, (n,) uint8. A JPEG/PNG without its end marker is refused here:
+    DALI's decoders fill a truncated image with grey instead of failing (PIL fails, as it should)."""
+    data = np.fromfile(require_file(path, kind), dtype=np.uint8)
+    raw = data[:2].tobytes()
+    if raw in _END_MARKERS:
+        marker, within = _END_MARKERS[raw]
+        if marker not in data[-within:].tobytes():
+            raise DataError(path, "corrupt or truncated image (no end marker)")
+    return data
 
 
 class HostSource:
@@ -51,9 +61,10 @@ class HostSource:
                     image_size(f)
             visual = [_bytes(f, "image") for f in plan.frame_files]
         rois = []
-        for box in (plan.boxes or []) if self.augment else []:
+        for box in plan.boxes or []:  # present exactly when self.augment
             rois += [np.array([box.top, box.left], np.float32),
-                     np.array([box.top + box.height, box.left + box.width], np.float32), np.array(int(box.flip), np.int32)]
+                     np.array([box.top + box.height, box.left + box.width], np.float32),
+                     np.array(int(box.flip), np.int32)]
         acfg = ds.cfg.audio
         if acfg.features == "fbank":
             audio = clip_spectrograms(plan.audio, acfg, ds.img_size, t, plan.offset).numpy()
@@ -132,11 +143,18 @@ def _to_torch(tl) -> torch.Tensor:
     return torch.from_dlpack(tl.as_tensor()).clone()
 
 
-def _dali_reason(e: RuntimeError) -> str:
-    """The informative line of a DALI pipeline error (the text after "encountered:")."""
+def _as_data_error(e: Exception, files: list) -> DataError:
+    """A DataError for a failed pipeline run: the host source's own DataError (re-raised by DALI as text
+    from a parallel worker), else DALI's reason (the line after "encountered:") naming the batch's files."""
+    if isinstance(e, DataError):
+        return e
     text = str(e)
-    tail = text.split("encountered:", 1)[-1].strip()
-    return (tail.splitlines() or [text])[0][:300]
+    ours = [line for line in text.splitlines() if "DataError: " in line]
+    if ours:
+        path, _, problem = ours[-1].split("DataError: ", 1)[1].partition(": ")
+        return DataError(path, problem)
+    reason = (text.split("encountered:", 1)[-1].strip().splitlines() or [text])[0][:300]
+    return DataError(", ".join(map(str, files)), f"DALI failed on this batch: {reason}")
 
 
 class DaliLoader(Loader):
@@ -147,7 +165,7 @@ class DaliLoader(Loader):
         super().__init__(dataset, batch_size, seed, rank, world_size, epoch, start_batch, drop_last, num_workers)
         self.device_id = device_id
         clips = dataset.clips
-        self.video_mode = clips[0].is_video
+        self.video_mode = bool(clips) and clips[0].is_video
         if any(c.is_video != self.video_mode for c in clips):
             raise DataError(dataset.cfg.root, "the DALI path needs all clips to be videos, or all frame folders")
 
@@ -162,9 +180,8 @@ class DaliLoader(Loader):
             for keys in batches:
                 try:
                     image, audio, label, index, valid = pipe.run()
-                except RuntimeError as e:
-                    files = ", ".join(str(self.dataset.clips[k[1]].visual) for k in keys)
-                    raise DataError(files, f"DALI failed on this batch: {_dali_reason(e)}") from None
+                except Exception as e:  # DALI re-raises worker errors as plain Exception / RuntimeError
+                    raise _as_data_error(e, [self.dataset.clips[k[1]].visual for k in keys]) from None
                 batch = Batch(audio=_to_torch(audio), image=_to_torch(image), label=_to_torch(label),
                               index=_to_torch(index).view(-1), valid=_to_torch(valid).view(-1))
                 self.skipped += len(keys) - len(batch)

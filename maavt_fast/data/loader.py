@@ -36,6 +36,10 @@ class Batch:
     def to(self, device, non_blocking: bool = True) -> "Batch":
         return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies (DataLoader calls this with pin_memory=True), for asynchronous .to(cuda)."""
+        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
     def __len__(self) -> int:
         return len(self.label)
 
@@ -104,7 +108,8 @@ class Loader:
         if not keys:
             return
         loader = DataLoader(_Keyed(self.dataset), batch_sampler=keys, num_workers=self.num_workers,
-                            collate_fn=collate, worker_init_fn=_worker_init if self.num_workers else None)
+                            collate_fn=collate, worker_init_fn=_worker_init if self.num_workers else None,
+                            pin_memory=torch.cuda.is_available())
         for batch, bad in loader:
             self.skipped += bad
             if batch is not None:

@@ -1,7 +1,8 @@
 """`synthesize`: a learnable synthetic dataset of real files in the VGGSound layout (`maavt synth`).
 
-Class c is visible (a shape in a colour on a noisy background, position and size jittered per frame)
-and audible (a tone whose frequency and amplitude rhythm depend on c, in noise). Files:
+Class c is visible (a shape in a colour on a noisy background tinted with that colour, position and
+size jittered per frame) and audible (a tone with two overtones whose pitch and amplitude rhythm depend
+on c, in noise). Files:
 vggsound.csv, frames/{train,test}/Image-01-FPS/<id>_000000.mp4/00000k.jpg (4 frames, 1 per second),
 audio/{train,test}/<id>_000000.wav (16 kHz mono PCM16).
 """
@@ -49,21 +50,23 @@ def _mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.ndarray:
 def render_frame(c: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """(size, size, 3) uint8: class c's coloured shape with jittered position/size over noise."""
     shape, colour, _, _ = class_spec(c)
-    img = rng.normal(90, 40, (size, size, 3)) + rng.uniform(-30, 30, 3)
-    r = size * rng.uniform(0.2, 0.3)
+    rgb = np.asarray(COLOURS[colour], dtype=np.float64)
+    img = 0.25 * rgb + 60 + rng.normal(0, 25, (size, size, 3)) + rng.uniform(-20, 20, 3)  # tinted background
+    r = size * rng.uniform(0.28, 0.4)
     cy, cx = rng.uniform(r, size - r, 2)
     m = _mask(shape, size, cy, cx, r)
-    img[m] = np.asarray(COLOURS[colour]) * rng.uniform(0.8, 1.0) + rng.normal(0, 20, (int(m.sum()), 3))
+    img[m] = rgb * rng.uniform(0.8, 1.0) + rng.normal(0, 15, (int(m.sum()), 3))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def render_audio(c: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
-    """(n,) float32 at 16 kHz: class c's tone (+-3% jitter) with its amplitude rhythm, plus noise."""
+    """(n,) float32 at 16 kHz: class c's tone and overtones (+-3% pitch jitter) in its rhythm, plus noise."""
     _, _, tone, rhythm = class_spec(c)
     t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     f = tone * rng.uniform(0.97, 1.03)
     envelope = 0.55 + 0.45 * np.sign(np.sin(2 * np.pi * rhythm * t + rng.uniform(0, 2 * np.pi)))
-    wave = 0.5 * envelope * np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) + rng.normal(0, 0.08, len(t))
+    partials = sum(np.sin(2 * np.pi * k * f * t + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3) if k * f < 7800)
+    wave = 0.35 * envelope * partials + rng.normal(0, 0.05, len(t))
     return np.clip(wave, -1, 1).astype(np.float32)
 
 

@@ -49,7 +49,7 @@ def _fused_forward(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Te
 
 @_fused_forward.register_fake
 def _(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape, dtype=torch.float32)
+    return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("maavt::group_attention_bwd", mutates_args=())
@@ -63,8 +63,8 @@ def _fused_backward(grad: torch.Tensor, x: torch.Tensor, qkv_weight: torch.Tenso
 @_fused_backward.register_fake
 def _(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads):
     G, _, _, D = x.shape
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(qkv_weight),
-            torch.empty_like(qkv_bias), torch.empty_like(proj_weight), qkv_bias.new_empty(G, D))
+    return (x.new_empty(x.shape), qkv_weight.new_empty(qkv_weight.shape), qkv_bias.new_empty(qkv_bias.shape),
+            proj_weight.new_empty(proj_weight.shape), qkv_bias.new_empty(G, D))
 
 
 def _setup_context(ctx, inputs, output):

@@ -14,7 +14,7 @@ from maavt_fast.config import preset
 from maavt_fast.train.logging_utils import format_duration, say
 from maavt_fast.train.run import run_eval, run_train
 
-DEMO_CLIPS_PER_CLASS = 60
+DEMO_CLIPS_PER_CLASS = 80
 DEMO_IMAGE_SIZE = 128  # rendered frame side; the preset resizes to model.img_size
 
 

@@ -68,8 +68,3 @@ def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
-
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when `flag` is true on at least one rank (so all ranks take the same branch)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(all_reduce_sum(t).item() > 0)

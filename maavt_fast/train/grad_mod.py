@@ -9,8 +9,9 @@ coeff_v = 1 - tanh(alpha * relu(ratio)), else the audio ones by coeff_a = 1 - ta
 
 Modulation, as the release does it: every modality parameter with more than one element gets
 grad <- grad * coeff + N(0, std(grad)); the Gaussian noise is added even when coeff = 1. The noise
-comes from torch's global RNG, which every rank seeds identically, so replicas stay in sync after
-the DDP gradient average; the RNG state is part of a checkpoint, so resuming is exact.
+comes from a dedicated generator that the trainer seeds from (seed, step) before every step, so it is
+the same on every rank (replicas stay in sync after the DDP gradient average) and a resumed run draws
+exactly the noise of an uninterrupted one, whatever else consumed torch's global RNG.
 """
 from __future__ import annotations
 
@@ -49,12 +50,18 @@ def ogm_coefficients(audio_logits: torch.Tensor, visual_logits: torch.Tensor, la
     return torch.where(no_fg, one, coeff_a), torch.where(no_fg, one, coeff_v)
 
 
+def noise_seed(seed: int, step: int) -> int:
+    """The gradient-noise seed of optimizer step `step` of a run seeded with `seed`."""
+    return (seed * 1_000_003 + step) % 2 ** 63
+
+
 def modulate_gradients(params: dict[str, list[torch.nn.Parameter]], coeff_audio: torch.Tensor,
-                       coeff_visual: torch.Tensor) -> None:
+                       coeff_visual: torch.Tensor, generator: torch.Generator | None = None) -> None:
     """In place: grad <- grad * coeff + N(0, std(grad)) for the "audio" and "visual" parameters with numel > 1."""
     for name, coeff in (("audio", coeff_audio), ("visual", coeff_visual)):
         for p in params[name]:
             if p.grad is None or p.numel() <= 1:
                 continue
-            noise = torch.randn_like(p.grad) * p.grad.std()
+            g = p.grad
+            noise = torch.randn(g.shape, generator=generator, device=g.device, dtype=g.dtype) * g.std()
             p.grad.mul_(coeff.to(p.grad.dtype)).add_(noise)

@@ -26,6 +26,11 @@ class RunLogger:
 
                 self._tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
 
+    def reset(self) -> None:
+        """Start the JSON-lines file afresh."""
+        if self.enabled:
+            self.path.write_text("")
+
     def log(self, event: str, step: int, **fields) -> None:
         if not self.enabled:
             return

@@ -141,7 +141,9 @@ class Trainer:
     def fit(self) -> TrainResult:
         tc, dist, loop = self.cfg.train, self.dist, self.loop
         step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
-                            tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile)
+                            tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile, seed=tc.seed)
+        if loop.step == 0:
+            self.logger.reset()  # a fresh run in an existing folder starts a new log; a resumed one appends
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
         say(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | {self.precision.reason} | "
             f"compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
@@ -151,20 +153,24 @@ class Trainer:
                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
         progress = Progress(self.total_steps, tc.batch_size, loop.step)
         window, started, first_step = _Window(), time.perf_counter(), loop.step
+        lr = lr_at(loop.step, tc, self.steps_per_epoch)
         while loop.step < self.total_steps and loop.epoch < tc.epochs:
             for batch in self.make_loader("train", loop.epoch, loop.batch_in_epoch):
                 batch = batch.to(dist.device)
                 lr = lr_at(loop.step, tc, self.steps_per_epoch)
                 set_lr(self.optimizer, lr)
+                result = step_fn(batch.audio, batch.image, batch.label, loop.step)
                 loop.step += 1
                 loop.batch_in_epoch += 1
-                window.add(loop.step, step_fn(batch.audio, batch.image, batch.label))
+                window.add(loop.step, result)
                 if loop.step % tc.log_every == 0 or loop.step % tc.ckpt_every == 0:
                     self._log_train(window.reduce(dist.world_size), progress, lr)
                 if loop.step % tc.ckpt_every == 0:
                     self._save(self.latest_path, progress)
                 if loop.step >= self.total_steps:
                     break
+            else:  # the loader is exhausted: the epoch is complete (even if it skipped unreadable batches)
+                loop.batch_in_epoch = self.steps_per_epoch
             self._log_train(window.reduce(dist.world_size), progress, lr)
             if loop.batch_in_epoch >= self.steps_per_epoch:
                 loop.epoch, loop.batch_in_epoch = loop.epoch + 1, 0
@@ -182,7 +188,7 @@ class Trainer:
         if dist.is_main:
             plot_curves(loop.history, self.out_dir / "curves.png")
         self.logger.close()
-        best = self.best_path if self.best_path.exists() else None
+        best = self.best_path if math.isfinite(loop.best_acc) else None  # not a stale file of an earlier run
         return TrainResult(loop, self.out_dir, self.latest_path, best, self.last_val, seconds, rate)
 
     def _log_train(self, stats: dict[str, float] | None, progress: Progress, lr: float) -> None:

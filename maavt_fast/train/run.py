@@ -62,13 +62,13 @@ def build_model(cfg: Config):
 def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: str, out_dir: str | Path,
            n_attention: int = 8) -> Report:
     """Evaluate the bare `model` on `split` and write the report files (rank 0)."""
-    from maavt_fast.data import class_names
+    from maavt_fast.data import DataError, class_names
 
     out_dir = Path(out_dir)
     precision = choose_precision(cfg.train.precision, dist.device)
     loader = make_loader(split)
     if len(loader) == 0:
-        raise ValueError(f"the {split!r} split of {cfg.data.root or '<data.root unset>'} is empty")
+        raise DataError(cfg.data.root or "<data.root unset>", f"the {split!r} split is empty")
     result = evaluate(model.to(dist.device), loader, dist.device, precision, cfg.model.num_classes)
     paths: dict[str, Path] = {}
     if dist.is_main:

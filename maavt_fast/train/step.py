@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from maavt_fast.train.grad_mod import modulate_gradients, ogm_coefficients
+from maavt_fast.train.grad_mod import modulate_gradients, noise_seed, ogm_coefficients
 from maavt_fast.train.metrics import batch_counts
 
 LOSS_NAMES = ("loss", "loss_fg", "loss_bg", "loss_cnt")
@@ -69,14 +69,19 @@ class TrainStep:
     """
 
     def __init__(self, model: torch.nn.Module, raw_model, optimizer: torch.optim.Optimizer, precision: Precision,
-                 device: torch.device, grad_mod_alpha: float | None = None, compile: bool = True):
+                 device: torch.device, grad_mod_alpha: float | None = None, compile: bool = True, seed: int = 0):
         self.model, self.optimizer, self.precision, self.device = model, optimizer, precision, device
-        self.grad_mod_alpha = grad_mod_alpha
+        self.grad_mod_alpha, self.seed = grad_mod_alpha, seed
         self.modality_params = raw_model.modality_parameters() if grad_mod_alpha is not None else None
+        self.noise = torch.Generator(device) if grad_mod_alpha is not None else None
         self._fn = torch.compile(self._step) if compile else self._step
 
-    def __call__(self, audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __call__(self, audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor,
+                 step: int) -> dict[str, torch.Tensor]:
+        """Run optimizer step number `step` (0-based; it seeds the OGM-GE gradient noise)."""
         self.model.train()
+        if self.noise is not None:
+            self.noise.manual_seed(noise_seed(self.seed, step))
         return self._fn(audio, image, label)
 
     def _step(self, audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -85,7 +90,7 @@ class TrainStep:
         out.loss.backward()
         if self.modality_params is not None:
             coeff_a, coeff_v = ogm_coefficients(*out.modality_logits, label, self.grad_mod_alpha)
-            modulate_gradients(self.modality_params, coeff_a, coeff_v)
+            modulate_gradients(self.modality_params, coeff_a, coeff_v, self.noise)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         result = {k: getattr(out, k).detach().float() for k in LOSS_NAMES if getattr(out, k) is not None}
