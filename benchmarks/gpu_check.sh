@@ -22,8 +22,8 @@ RES="${OUT:-benchmarks/results}"
 LOG="$RES/gpu_check"
 # Seconds per step; the sum stays under 8 minutes (compiles of the fast-compiled rows dominate step 4).
 T_TESTS="${GPU_CHECK_TEST_TIMEOUT:-150}"
-T_OPS="${GPU_CHECK_OPS_TIMEOUT:-75}"
-T_E2E="${GPU_CHECK_E2E_TIMEOUT:-210}"
+T_OPS="${GPU_CHECK_OPS_TIMEOUT:-60}"
+T_E2E="${GPU_CHECK_E2E_TIMEOUT:-230}"
 FAILED=()
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOG/NAME.log, record a failure
@@ -34,7 +34,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOG/NAM
   local t0=$SECONDS rc=0
   timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$LOG/$name.log" || rc=$?
   echo "== [$name] exit $rc after $(( SECONDS - t0 ))s"
-  if (( rc != 0 )); then FAILED+=("$name (exit $rc)"); fi
+  if (( rc == 124 )); then
+    FAILED+=("$name (timed out after ${limit}s; what it finished before is kept)")
+  elif (( rc != 0 )); then
+    FAILED+=("$name (exit $rc)")
+  fi
   return 0
 }
 
@@ -48,7 +52,7 @@ print(torch.cuda.get_device_name(0))'
 step environment 60 bash -c "nvidia-smi; $PY -c '$VERSIONS'"
 step gpu-tests "$T_TESTS" "$PY" -m pytest -m gpu tests -q -rs --junitxml="$LOG/gpu_tests.xml" -p no:cacheprovider
 step ops "$T_OPS" "$PY" benchmarks/ops.py --out "$RES"
-step e2e "$T_E2E" "$PY" benchmarks/e2e.py --device cuda --batches 64,32,128 --warmup 3 --repeats 10 --out "$RES" \
+step e2e "$T_E2E" "$PY" benchmarks/e2e.py --device cuda --batches 64,32,128 --warmup 2 --repeats 10 --out "$RES" \
   --note "benchmarks/gpu_check.sh"
 if "$PY" -c "import matplotlib" 2>/dev/null || (( DRY )); then
   step report 60 "$PY" benchmarks/report.py --results "$RES" --out "$RES/RESULTS.md"
@@ -56,6 +60,7 @@ else
   echo "== [report] skipped: matplotlib is not installed (the JSON/CSV results are complete)"
 fi
 
+if (( DRY )); then echo "== dry run: nothing ran"; exit 0; fi
 echo "== results in $RES (logs in $LOG)"
 if (( ${#FAILED[@]} )); then
   printf '== FAILED: %s\n' "${FAILED[@]}"

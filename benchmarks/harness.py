@@ -1,6 +1,6 @@
 """Shared benchmark utilities: timing, peak memory, result rows (JSON + CSV) and a plot.
 
-- `measure(fn, device, warmup, repeats)`: median / p20 / p80 milliseconds (CUDA events on GPU,
+- `measure(fn, device, warmup, repeats, setup=None)`: median / p20 / p80 milliseconds (CUDA events on GPU,
   `time.perf_counter` on CPU) and the peak memory one call adds (GPU: `torch.cuda.max_memory_allocated`;
   CPU: the growth of the process's peak resident set, VmHWM, reset through /proc/self/clear_refs;
   allocations served from memory the process already holds do not show there).
@@ -42,19 +42,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _times_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> list[float]:
+def _prepare(setup: Callable[[], object] | None, device: torch.device) -> tuple:
+    """The arguments of one call: () without setup, else (setup(),), run untimed and synchronised."""
+    args = () if setup is None else (setup(),)
+    _sync(device)
+    return args
+
+
+def _times_ms(fn: Callable[..., object], device: torch.device, repeats: int,
+              setup: Callable[[], object] | None) -> list[float]:
     times = []
     for _ in range(repeats):
+        args = _prepare(setup, device)
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            fn(*args)
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
-            fn()
+            fn(*args)
             times.append((time.perf_counter() - t0) * 1e3)
     return times
 
@@ -64,18 +73,18 @@ def _status_bytes(key: str) -> int:
     return int(match.group(1)) * 1024
 
 
-def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak memory above the starting point during one call of `fn` (see the module docstring)."""
-    _sync(device)
+def peak_bytes(fn: Callable[..., object], device: torch.device, setup: Callable[[], object] | None = None) -> int:
+    """Peak memory above the starting point (after `setup`) during one call of `fn` (see the module docstring)."""
+    args = _prepare(setup, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
-        fn()
+        fn(*args)
         _sync(device)
         return torch.cuda.max_memory_allocated(device) - base
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     base = _status_bytes("VmRSS")
-    fn()
+    fn(*args)
     return max(0, _status_bytes("VmHWM") - base)
 
 
@@ -87,14 +96,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def measure(fn: Callable[[], object], device: torch.device, warmup: int = 3, repeats: int = 10) -> Measurement:
-    """Warm `fn` up, time `repeats` calls and measure the peak memory of one more call."""
+def measure(fn: Callable[..., object], device: torch.device, warmup: int = 3, repeats: int = 10,
+            setup: Callable[[], object] | None = None) -> Measurement:
+    """Warm `fn` up, time `repeats` calls and measure the peak memory of one more call.
+
+    With `setup`, every call is `fn(setup())` and only `fn` is timed (e.g. setup = a forward pass,
+    fn = its backward).
+    """
     for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = _times_ms(fn, device, repeats)
+        fn(*_prepare(setup, device))
+    times = _times_ms(fn, device, repeats, setup)
     return Measurement(statistics.median(times), percentile(times, 0.2), percentile(times, 0.8),
-                       peak_bytes(fn, device), repeats)
+                       peak_bytes(fn, device, setup), repeats)
 
 
 def _git_commit() -> str:

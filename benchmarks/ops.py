@@ -10,7 +10,8 @@ Sizes (issue 3): contrastive L = 12, P = 512, B in {64, 256, 1024, 4096} (4096 o
 D in {192, 384, 768}, M in {1, 64}. GPU rows use bf16 inputs, CPU rows fp32.
 
     python benchmarks/ops.py [--quick] [--out DIR] [--repeats N] [--warmup N] [--impls a,b]
-Rows go to DIR/ops.json and DIR/ops.csv (appended) and the plot of this run to DIR/ops.png.
+Rows go to DIR/ops.json and DIR/ops.csv (appended after each problem, so a timeout keeps the finished
+ones; the sizes with targets run first) and the plot of this run to DIR/ops.png.
 """
 from __future__ import annotations
 
@@ -107,24 +108,20 @@ def group_attention_case(G: int, M: int, n: int, D: int, heads: int, device: tor
 
 
 # ----------------------------------------------------------------------------------------------- timing
-def _step_fns(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
-    """forward / backward / full closures; backward re-runs the backward of one retained graph."""
+def _step_fns(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> dict[str, tuple[Callable, Callable | None]]:
+    """(timed function, untimed setup) per mode; backward times the backward of a fresh forward each call."""
     leaves = [t for t in inputs if t.requires_grad]
 
     def forward():
         return fn(*inputs).float().sum()
 
-    graph = {}
-
-    def backward():
-        if "loss" not in graph:
-            graph["loss"] = forward()
-        return torch.autograd.grad(graph["loss"], leaves, retain_graph=True)
+    def backward(loss):
+        return torch.autograd.grad(loss, leaves)
 
     def full():
         return torch.autograd.grad(forward(), leaves)
 
-    return {"forward": forward, "backward": backward, "full": full}
+    return {"forward": (forward, None), "backward": (backward, forward), "full": (full, None)}
 
 
 def run_case(case: Case, impls: list[str], device: torch.device, warmup: int, repeats: int) -> list[dict]:
@@ -133,7 +130,8 @@ def run_case(case: Case, impls: list[str], device: torch.device, warmup: int, re
     for impl in impls:
         fns = _step_fns(case.impls[impl], case.make())
         for mode in MODES:
-            m = harness.measure(fns[mode], device, warmup=warmup, repeats=repeats)
+            fn, setup = fns[mode]
+            m = harness.measure(fn, device, warmup=warmup, repeats=repeats, setup=setup)
             rows.append({"op": case.op, "impl": impl, "mode": mode, "variant": case.variant, "x": case.x,
                          "size": case.size, "median_ms": round(m.median_ms, 4), "p20_ms": round(m.p20_ms, 4),
                          "p80_ms": round(m.p80_ms, 4), "peak_bytes": m.peak_bytes, "repeats": m.repeats, **env})

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
+import inspect
 import json
+import re
 import sys
 import typing
 import warnings
@@ -36,17 +38,39 @@ def _type_name(t) -> str:
     return {bool: "true|false", int: "INT", float: "FLOAT", str: "STR"}.get(t, str(t))
 
 
+def _field_comments(cls) -> dict[str, str]:
+    """`name: type = default  # meaning` comments of a config dataclass, by field name."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+):[^\n#]*#\s*(.+)$", source, re.MULTILINE)}
+
+
+def _choices(cls, name: str) -> str | None:
+    """The allowed values of a string field, as its section's `validate()` names them for a bad value."""
+    probe = cls()
+    setattr(probe, name, "\x00")
+    try:
+        probe.validate()
+    except ConfigError as e:
+        m = re.search(r"is not one of (.+)$", str(e))
+        return m[1].replace(", ", "|") if m and f"{name}=" in str(e) else None
+    return None
+
+
 def config_options_help(cls=Config, prefix: str = "") -> list[str]:
-    """One line per config field: `--section.field TYPE  meaning (default ...)`."""
-    lines, hints, defaults = [], typing.get_type_hints(cls), cls()
+    """Two lines per config field: `--section.field TYPE` and its meaning (field help or comment) and default."""
+    lines, hints, defaults, comments = [], typing.get_type_hints(cls), cls(), _field_comments(cls)
     for f in dataclasses.fields(cls):
         t = hints[f.name]
         if dataclasses.is_dataclass(t):
             lines += config_options_help(t, f"{prefix}{f.name}.")
             continue
-        meaning = f.metadata.get("help", "")
+        meaning = f.metadata.get("help") or comments.get(f.name, "")
+        kind = (_choices(cls, f.name) if t is str else None) or _type_name(t)
         default = getattr(defaults, f.name)
-        lines.append(f"  --{prefix}{f.name} {_type_name(t)}\n      {meaning + ' ' if meaning else ''}(default {default!r})")
+        lines.append(f"  --{prefix}{f.name} {kind}\n      {meaning + ' ' if meaning else ''}(default {default!r})")
     return lines
 
 
@@ -170,6 +194,7 @@ def cmd_bench(args, _overrides) -> int:
                        "installed package; run from a clone of the repository (pip install -e .)")
     spec = importlib.util.spec_from_file_location(f"maavt_benchmarks_{args.name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up there
     spec.loader.exec_module(module)
     if not hasattr(module, "main"):
         raise CliError(f"{path} has no main(argv) function")
@@ -193,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", formatter_class=fmt, epilog=fields_help,
                        help="synthesize data, train a small model, evaluate, print where the report is",
-                       description="Writes a synthetic audio-visual dataset, trains the `synthetic` preset (random-init "
-                                   "ViT-tiny) on it, evaluates on held-out clips and writes the report.")
+                       description="Writes a synthetic audio-visual dataset, trains the `synthetic` preset "
+                                   "(random-init ViT-tiny) on it, evaluates on held-out clips and writes the report.")
     p.add_argument("--out", default="demo_out", help="output folder (data/, run/ and the report)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
     p.add_argument("--classes", type=int, default=8, help="number of synthetic classes")

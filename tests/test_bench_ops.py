@@ -56,3 +56,11 @@ def test_measure_counts_calls_and_reports_memory():
     m = harness.measure(lambda: calls.append(torch.ones(1 << 20)), torch.device("cpu"), warmup=2, repeats=3)
     assert len(calls) == 2 + 3 + 1  # warm-up, timed, one more for the peak memory
     assert m.repeats == 3 and m.peak_bytes >= 0
+
+
+def test_measure_times_fn_on_fresh_setup_results():
+    import torch
+    made, used = [], []
+    harness.measure(lambda x: used.append(x), torch.device("cpu"), warmup=1, repeats=2,
+                    setup=lambda: made.append(len(made)) or made[-1])
+    assert made == used == [0, 1, 2, 3]  # one fresh setup result per call

@@ -47,6 +47,9 @@ def test_help_explains_every_option(capsys):
     for key in _all_config_keys():
         assert f"--{key} " in text, key
     assert "peak learning rate" in text and "(default 0.0001)" in text
+    assert "--train.schedule constant|cosine|step" in text  # allowed values, as validate() names them
+    assert "--model.contrastive blockwise_sep|blockwise_cmn|final|none" in text
+    assert "keep only the first `depth` blocks" in text  # meanings from the config's field comments
     for opt in ("--preset", "--config", "--resume", "--no-test"):
         assert opt in text
     for command in ("demo", "eval", "synth", "prepare", "convert"):
@@ -56,7 +59,8 @@ def test_help_explains_every_option(capsys):
 
 
 def test_python_dash_m_entry_point_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "maavt_fast", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "maavt_fast", "--help"], capture_output=True, text=True,
+                         check=True).stdout
     for command in ("demo", "train", "eval", "synth", "prepare", "convert", "bench"):
         assert command in out
 
@@ -159,3 +163,11 @@ def test_nonfinite_loss_exits_nonzero_naming_the_step(capsys, tmp_path, data_roo
                              "--train.out_dir", str(tmp_path / "run"), "--train.lr", "1e30", "--train.max_steps", "3",
                              "--train.precision", "fp32", "--no-test"], capsys)
     assert code == 3 and "the training loss is nan at step 2" in err
+
+
+def test_prepare_reports_a_missing_videos_folder(capsys, tmp_path):
+    code, _, err = run_main(["prepare", "--videos", str(tmp_path / "none"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "videos folder is missing" in err and str(tmp_path / "none") in err
+    (tmp_path / "empty").mkdir()
+    code, out, _ = run_main(["prepare", "--videos", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 0 and "prepared 0, already done 0, failed 0" in out

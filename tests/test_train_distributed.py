@@ -1,4 +1,4 @@
-"""`torchrun --nproc_per_node=2` on CPU (gloo) ends with the parameters of a single process on the same global batches."""
+"""`torchrun --nproc_per_node=2` on CPU (gloo) ends where one process on the same global batches ends."""
 from __future__ import annotations
 
 import os

@@ -30,7 +30,9 @@ def _kill_after_mid_epoch_checkpoint(proc, log, timeout=240.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if log.exists():
-            for line in log.read_text().splitlines():
+            for line in log.read_text().splitlines(keepends=True):
+                if not line.endswith("\n"):
+                    break  # a line still being written
                 rec = json.loads(line)
                 if rec["event"] == "checkpoint" and rec["batch_in_epoch"] > 0:
                     proc.send_signal(signal.SIGKILL)

@@ -7,6 +7,7 @@ gallery (`attention/index.html`); a training run also writes `config.json`, `log
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from maavt_fast.train.checkpoint import load_weights, read_checkpoint
 from maavt_fast.train.distributed import DistInfo, setup, teardown
 from maavt_fast.train.evaluate import EvalResult, evaluate, write_report
 from maavt_fast.train.logging_utils import say
-from maavt_fast.train.loop import MakeLoader, Trainer, TrainResult, checkpoint_paths, seed_everything
+from maavt_fast.train.loop import (MakeLoader, Trainer, TrainResult, checkpoint_paths, peak_memory_mb,
+                                   seed_everything)
 from maavt_fast.train.step import choose_precision
 from maavt_fast.train.visualize import attention_gallery
 
@@ -69,7 +71,9 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
     loader = make_loader(split)
     if len(loader) == 0:
         raise DataError(cfg.data.root or "<data.root unset>", f"the {split!r} split is empty")
+    started = time.perf_counter()
     result = evaluate(model.to(dist.device), loader, dist.device, precision, cfg.model.num_classes)
+    seconds = time.perf_counter() - started
     paths: dict[str, Path] = {}
     if dist.is_main:
         names = class_names(cfg.data)
@@ -81,11 +85,13 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
                                                    autocast=precision.autocast(dist.device))
         m = result.metrics
         say(f"{split}: accuracy {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) on {m['samples']} samples, "
-            f"loss {m['loss']:.4f}")
+            f"loss {m['loss']:.4f}; {seconds:.1f} s ({m['samples'] / seconds:.1f} samples/s, {precision.name}), "
+            f"peak memory {peak_memory_mb(dist.device):.0f} MB")
     return Report(split, result, paths)
 
 
-def run_train(cfg: Config, resume: str | Path | None = None, test_split: str | None = "test") -> tuple[TrainResult, Report | None]:
+def run_train(cfg: Config, resume: str | Path | None = None,
+              test_split: str | None = "test") -> tuple[TrainResult, Report | None]:
     """Train per `cfg` (single process or under torchrun), then evaluate the best checkpoint on `test_split`."""
     dist = setup(cfg.train.device)
     try:

@@ -1,8 +1,9 @@
 """One training step (forward, loss, backward, optional OGM-GE, Adam) and the precision it runs in.
 
 `TrainStep` wraps the step in `torch.compile` unless told not to. Dynamo compiles the forward with
-its AOT backward into one graph and the optimizer update into another (the `.backward()` call is the
-only break); the learning rate lives in a tensor, so a schedule never triggers a recompile.
+its AOT backward into one graph and the optimizer update into another; `.backward()` and, with
+OGM-GE, the seeded noise draw run eagerly between them. The learning rate lives in a tensor, so a
+schedule never triggers a recompile.
 """
 from __future__ import annotations
 
@@ -82,7 +83,9 @@ class TrainStep:
         self.model.train()
         if self.noise is not None:
             self.noise.manual_seed(noise_seed(self.seed, step))
-        return self._fn(audio, image, label)
+        result = self._fn(audio, image, label)
+        self.optimizer.zero_grad(set_to_none=True)  # outside the compiled function: Dynamo skips zero_grad
+        return result
 
     def _step(self, audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast(self.device):
@@ -92,7 +95,6 @@ class TrainStep:
             coeff_a, coeff_v = ogm_coefficients(*out.modality_logits, label, self.grad_mod_alpha)
             modulate_gradients(self.modality_params, coeff_a, coeff_v, self.noise)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         result = {k: getattr(out, k).detach().float() for k in LOSS_NAMES if getattr(out, k) is not None}
         result["counts"] = batch_counts(out.fg_logits, out.bg_logits, label)
         return result
