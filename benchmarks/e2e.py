@@ -25,11 +25,13 @@ import json
 import os
 import resource
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 # Run as a script, Python puts benchmarks/ first on sys.path, where profile.py would shadow the standard
@@ -104,6 +106,7 @@ class Settings:
     gemm_n: int
     note: str = ""
     run_id: str | None = None  # rows of one run share it; the report shows each device's newest run
+    interleaved: bool = False  # time the training steps of a shape's rows in turns in one process instead
 
 
 # ---------------------------------------------------------------------------------------------- measuring one row
@@ -129,13 +132,20 @@ def build_model(case: Case, device: torch.device) -> torch.nn.Module:
     return cls(case.model_config()).to(device)
 
 
-def _phase(prefix: str, fn, case: Case, timing: Timing, device: torch.device) -> dict:
-    """The first call timed apart (it includes compilation), then `harness.measure` (warm-up excluded)."""
+def _time_once(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one call, synchronised on CUDA."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    first = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def _phase(prefix: str, fn, case: Case, timing: Timing, device: torch.device) -> dict:
+    """The first call timed apart (it includes compilation), then `harness.measure` (warm-up excluded)."""
+    first = _time_once(fn, device)
     m = harness.measure(fn, device, warmup=max(timing.warmup - 1, 0), repeats=timing.repeats)
     peak = m.peak_bytes
     if device.type == "cpu":  # glibc keeps freed heap: return it first, or the peak above the RSS reads ~0
@@ -146,43 +156,88 @@ def _phase(prefix: str, fn, case: Case, timing: Timing, device: torch.device) ->
             f"{prefix}_peak_mb": peak / 2 ** 20}
 
 
-def run_case(case: Case, timing: Timing, device: torch.device, gemm_n: int, profile_dir: Path | None) -> dict:
-    """Measure one row: the GEMM ceiling in its dtype, the training step, the inference forward, a profile."""
+@dataclass
+class Calls:
+    """One row's model and its two timed calls: a training step (train mode) and an eval forward."""
+
+    model: torch.nn.Module
+    train: Callable[[], None]
+    infer: Callable[[], None]
+    last: dict  # the latest step's outputs (losses, logits)
+
+
+def make_calls(case: Case, device: torch.device) -> Calls:
+    """Model, inputs, `TrainStep` (compiled for fast-compiled) and the eval forward of one row."""
     from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
 
-    fp32 = roofline.measure_gemm_tflops(device, torch.float32, gemm_n)
-    result = {"gemm_fp32_tflops": fp32, "gemm_tflops": fp32 if case.precision == "fp32" else
-              roofline.measure_gemm_tflops(device, torch.bfloat16, gemm_n)}
     model = build_model(case, device)
     audio, image, label = _batch(case, device)
     precision = choose_precision(case.precision, device)
     compiled = case.impl == "fast-compiled"
     step = TrainStep(model, model, build_optimizer(model, 1e-4, 0.0, device), precision, device, compile=compiled)
+    forward = torch.compile(model) if compiled else model
     last: dict = {}
     counter = itertools.count()
 
     def train():
+        model.train()
         last.update(step(audio, image, label, next(counter)))
 
-    forward = torch.compile(model) if compiled else model
-
     def infer():
+        model.eval()
         with torch.inference_mode(), precision.autocast(device):
             last["logits"] = forward(audio, image).fg_logits
 
-    result |= _phase("train", train, case, timing, device)
-    result["final_loss"] = float(last["loss"])
-    model.eval()
-    result |= _phase("infer", infer, case, timing, device)
+    return Calls(model, train, infer, last)
+
+
+def run_case(case: Case, timing: Timing, device: torch.device, gemm_n: int, profile_dir: Path | None) -> dict:
+    """Measure one row: the GEMM ceiling in its dtype, the training step, the inference forward, a profile."""
+    fp32 = roofline.measure_gemm_tflops(device, torch.float32, gemm_n)
+    result = {"gemm_fp32_tflops": fp32, "gemm_tflops": fp32 if case.precision == "fp32" else
+              roofline.measure_gemm_tflops(device, torch.bfloat16, gemm_n)}
+    calls = make_calls(case, device)
+    result |= _phase("train", calls.train, case, timing, device)
+    result["final_loss"] = float(calls.last["loss"])
+    result |= _phase("infer", calls.infer, case, timing, device)
     if device.type == "cpu":  # the whole fresh process: imports, weights, compilation, every call
         result["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if profile_dir is not None:
-        model.train()
-        bench_profile.profile_steps(train, PROFILE_STEPS, profile_dir, case.name + "_train", device)
-        model.eval()
-        bench_profile.profile_steps(infer, PROFILE_STEPS, profile_dir, case.name + "_infer", device)
+        for phase in ("train", "infer"):
+            bench_profile.profile_steps(getattr(calls, phase), PROFILE_STEPS, profile_dir, f"{case.name}_{phase}",
+                                        device)
         result["profile"] = str(profile_dir / case.name) + "_{train,infer}.{trace.json,top_ops.txt}"
     return result
+
+
+def run_interleaved(settings: Settings, context: dict) -> list[dict]:
+    """Training steps of all rows of a shape taken in turns in one process, so every row sees the same machine
+    load: the steadiest speedups on a shared machine. Rows go to `<out>/e2e.interleaved.json` / `.csv`."""
+    rows = []
+    for shape in dict.fromkeys(c.shape for c in settings.cases):
+        cases = [c for c in settings.cases if c.shape == shape]
+        calls = {c: make_calls(c, settings.device) for c in cases}
+        for c in cases:
+            for _ in range(settings.timing.warmup):
+                calls[c].train()
+        times: dict[Case, list[float]] = {c: [] for c in cases}
+        for _ in range(settings.timing.repeats):
+            for c in cases:
+                times[c].append(_time_once(calls[c].train, settings.device) * 1e3)
+        ref = next((statistics.median(times[c]) for c in cases if c.impl == "reference"), None)
+        for c in cases:
+            med = statistics.median(times[c])
+            row = context | dataclasses.asdict(c) | {"shape": shape, "train_ms": med,
+                                                     "train_p20_ms": harness.percentile(times[c], 0.2),
+                                                     "train_p80_ms": harness.percentile(times[c], 0.8),
+                                                     "train_speedup": ref / med if ref else None}
+            print(f"interleaved {shape:<32} {c.impl:<14} {c.precision:<5} train {med:9.1f} ms "
+                  f"x{row['train_speedup'] or float('nan'):5.2f}", flush=True)
+            rows.append(row)
+        del calls
+        gc.collect()
+    harness.append_rows(rows, settings.out, "e2e.interleaved")
+    return rows
 
 
 def run_case_in_subprocess(case: Case, timing: Timing, gemm_n: int, profile_dir: Path | None) -> dict:
@@ -324,6 +379,8 @@ def run(settings: Settings) -> list[dict]:
         "run_id": settings.run_id or f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"}
     print(f"e2e on {context['device_detail']} ({context['commit']}), warm-up {settings.timing.warmup}, "
           f"repeats {settings.timing.repeats}, {settings.timing.threads} threads", flush=True)
+    if settings.interleaved:
+        return run_interleaved(settings, context)
     flops, refs, rows = {}, earlier_references(settings.out, settings.run_id), []
     for case in settings.cases:
         if case.shape not in flops:
@@ -383,6 +440,9 @@ def parse_args(argv: list[str]) -> Settings:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per phase (default 5 CPU, 20 GPU; quick 1)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads per row")
     p.add_argument("--note", default="", help="free text saved with the results (e.g. machine load)")
+    p.add_argument("--interleaved", action="store_true",
+                   help="instead: training steps of each shape's rows in turns in one process (steady ratios on a "
+                        "shared machine; no memory, inference or roofline), to e2e.interleaved.json")
     p.add_argument("--run-id", default=None, help="continue an earlier run (its rows are rendered together)")
     a = p.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -394,7 +454,8 @@ def parse_args(argv: list[str]) -> Settings:
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
     gemm_n = 256 if a.quick else 8192 if device.type == "cuda" else 2048
     cases = build_cases(device, a.quick, a.models, a.batches, a.impls, a.precisions)
-    return Settings(device, cases, Timing(warmup, repeats, a.threads), a.out, a.profile, gemm_n, a.note, a.run_id)
+    return Settings(device, cases, Timing(warmup, repeats, a.threads), a.out, a.profile, gemm_n, a.note, a.run_id,
+                    a.interleaved)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -172,6 +172,14 @@ def e2e_section(rows: list[dict], results: Path, md_dir: Path) -> str:
         parts.append("Targets of issue 6:\n\n" + target_check(run, kind))
         for png in e2e_charts(run, results, kind):
             parts.append(f"![{png.stem}]({os.path.relpath(png, md_dir)})")
+    interleaved = results / "e2e.interleaved.json"
+    for kind, run in latest_runs(json.loads(interleaved.read_text()) if interleaved.is_file() else []).items():
+        parts.append(f"### Interleaved training steps ({kind}, run `{run[0]['run_id']}`)\n\n"
+                     "`maavt bench e2e --interleaved`: the training steps of all rows of a shape taken in turns in "
+                     "one process, so every row runs under the same machine load (no memory or roofline numbers).")
+        parts.append(_table(["shape", "impl", "prec", "train ms (p20–p80)", "train × ref"], [
+            [r["shape"], r["impl"], r["precision"], f"{r['train_ms']:.1f} ({r['train_p20_ms']:.1f}–"
+             f"{r['train_p80_ms']:.1f})", _x(r["train_speedup"])] for r in _order(run)]))
     notes = results / "e2e.notes.md"
     if notes.is_file():
         parts.append(notes.read_text().strip())
@@ -216,6 +224,8 @@ def render(results: Path, out: Path) -> Path:
             sections.append(f"## `{path.name}`\n\nNot a list of result rows; skipped.")
         elif path.stem == "e2e":
             sections.append(e2e_section(rows, results, out.parent))
+        elif path.stem == "e2e.interleaved":
+            continue  # rendered inside the e2e section
         else:
             sections.append(generic_section(path.stem, rows, results, out.parent))
     out.write_text("\n\n".join(sections) + "\n")

@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import logging
 import re
 import sys
 import typing
@@ -294,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     from maavt_fast.train.loop import NonFiniteLossError
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")  # internal deprecations
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU compiles
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "bench":

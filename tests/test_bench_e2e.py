@@ -22,15 +22,17 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One quick CPU run of the reference and fast-eager rows (fresh process each), profiled, then rendered.
+    """Quick CPU runs of the reference and fast-eager rows (fresh process each, profiled; then interleaved in one
+    process), rendered.
 
     fast-compiled is left out here: its cold compile alone takes minutes on 2 cores (the compiled
     step has its own tests); `build_cases` below checks that a full run includes it."""
     out = tmp_path_factory.mktemp("e2e")
     argv = ["--quick", "--device", "cpu", "--impls", "reference,fast-eager", "--out", str(out),
             "--profile", str(out / "profile"), "--note", "test"]
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "e2e.py"), *argv], check=True, capture_output=True,
-                   text=True, cwd=ROOT)
+    for extra in ([], ["--interleaved"]):
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "e2e.py"), *argv, *extra], check=True,
+                       capture_output=True, text=True, cwd=ROOT)
     report.main(["--results", str(out), "--out", str(out / "RESULTS.md")])
     return out
 
@@ -51,6 +53,14 @@ def test_quick_run_writes_json_and_csv_rows(quick_run):
     with (quick_run / "e2e.csv").open() as f:
         lines = list(csv.DictReader(f))
     assert [line["impl"] for line in lines] == ["reference", "fast-eager"] and set(lines[0]) == set(e2e.ROW_KEYS)
+
+
+def test_interleaved_run_writes_rows_with_ratios(quick_run):
+    rows = json.loads((quick_run / "e2e.interleaved.json").read_text())
+    assert [(r["impl"], r["precision"]) for r in rows] == [("reference", "fp32"), ("fast-eager", "fp32")]
+    assert rows[0]["train_speedup"] == 1.0 and rows[1]["train_speedup"] > 0
+    assert all(0 < r["train_p20_ms"] <= r["train_ms"] <= r["train_p80_ms"] for r in rows)
+    assert "Interleaved training steps" in (quick_run / "RESULTS.md").read_text()
 
 
 def test_profile_writes_chrome_trace_and_top_ops_table(quick_run):

@@ -171,3 +171,13 @@ def test_prepare_reports_a_missing_videos_folder(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, out, _ = run_main(["prepare", "--videos", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], capsys)
     assert code == 0 and "prepared 0, already done 0, failed 0" in out
+
+
+def test_resume_auto_continues_the_run_in_out_dir(capsys, tmp_path, data_root):
+    args = ["train", "--preset", "tiny", "--data.root", str(data_root), "--data.num_workers", "0", "--no-test",
+            "--train.out_dir", str(tmp_path / "run"), "--train.precision", "fp32", "--resume", "auto"]
+    code, out, _ = run_main([*args, "--train.max_steps", "2"], capsys)
+    assert code == 0 and "resumed" not in out  # nothing to resume yet: a fresh run
+    code, out, _ = run_main([*args, "--train.max_steps", "3"], capsys)
+    assert code == 0 and f"resumed from {tmp_path / 'run' / 'checkpoints' / 'latest.pt'} at step 2" in out
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["loop"]["step"] == 3
