@@ -9,6 +9,7 @@ import logging
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -18,6 +19,7 @@ from maavt_fast.model.blocks import Layout, run_block, stream_views
 from maavt_fast.model.outputs import MAAVTOutput
 from maavt_fast.model.tokens import LearnableTokens
 from maavt_fast.ops import blockwise_contrastive_loss, blockwise_projection
+from maavt_fast.ops.distributed import gather_active
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,10 @@ class MAAVT(nn.Module):
         self.fg_class = nn.Linear(2 * dim, cfg.num_classes)  # input [v_cls; a_cls]
         self.bg_class = nn.Linear(2 * dim, 1) if cfg.bg_token else None  # input [v_bg; a_bg]
         self.num_patches = self.vit.patch_embed.num_patches
-        self.contrastive_gather = False  # the trainer sets it under DDP with world size > 1
+        # Under DDP with W > 1 ranks the trainer sets this: the contrastive loss then gathers the features of all
+        # ranks (local-loss formulation) and the FG loss is normalised by the mean FG-row count over ranks, so
+        # DDP's gradient average equals the single-process gradient of the global batch, background rows included.
+        self.data_parallel = False
         log.info("MAAVT: %s, %d blocks, attention backend %r", cfg.vit, depth, cfg.attention)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +131,7 @@ class MAAVT(nn.Module):
 
     def _losses(self, out: MAAVTOutput, label: torch.Tensor, shared_means: list[torch.Tensor]) -> None:
         keep = label != BG_LABEL
-        n_fg = keep.sum()
+        n_fg = mean_over_ranks(keep.sum()) if self.data_parallel else keep.sum()
         ce = F.cross_entropy(_upcast(out.fg_logits), label.clamp(min=0), reduction="none")
         out.loss_fg = (ce * keep).sum() / n_fg.clamp(min=1)
         out.loss = out.loss_fg
@@ -138,7 +143,7 @@ class MAAVT(nn.Module):
             means = torch.stack(shared_means, dim=1)  # (2, L, N, D): streams [audio, visual]
             za, zv = self.audio_proj(means[0]), self.visual_proj(means[1])
             out.loss_cnt = blockwise_contrastive_loss(za, zv, keep, self.cfg.temperature,
-                                                      gather=self.contrastive_gather)
+                                                      gather=self.data_parallel)
             out.loss = out.loss + out.loss_cnt
 
     def named_trainable_parameters(self):
@@ -173,6 +178,15 @@ class MAAVT(nn.Module):
             if proj is not None:
                 out[m].extend(proj.parameters())
         return out
+
+
+def mean_over_ranks(count: torch.Tensor) -> torch.Tensor:
+    """The mean of a per-rank count over the process group (no gradient); the count itself on one process."""
+    if not gather_active():
+        return count
+    total = count.detach().to(torch.float64)
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:

@@ -39,9 +39,9 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
     The contrastive gather is switched off here: each rank's val loss uses its local batch, and ranks
     with different numbers of val batches cannot deadlock in a collective inside the loop.
     """
-    was_training, gather = model.training, getattr(model, "contrastive_gather", False)
+    was_training, gather = model.training, getattr(model, "data_parallel", False)
     model.eval()
-    model.contrastive_gather = False
+    model.data_parallel = False
     counts = torch.zeros(7, dtype=torch.float64, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of batch loss * n, n]
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -60,7 +60,7 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
             confusion += confusion_counts(fg, label, num_classes)
     finally:
         model.train(was_training)
-        model.contrastive_gather = gather
+        model.data_parallel = gather
     all_reduce_sum(counts)
     all_reduce_sum(loss_sum)
     all_reduce_sum(confusion)

@@ -134,7 +134,7 @@ class Trainer:
     def _network(self) -> torch.nn.Module:
         if not self.dist.distributed:
             return self.model
-        self.model.contrastive_gather = True  # local-loss contrastive over the global batch
+        self.model.data_parallel = True  # losses normalised over the global batch (see MAAVT)
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
 
