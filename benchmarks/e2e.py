@@ -211,68 +211,42 @@ def run_case(case: Case, timing: Timing, device: torch.device, gemm_n: int, prof
 
 
 def run_interleaved(settings: Settings, context: dict) -> list[dict]:
-    """Training steps of all rows of a shape taken in turns in one process, so every row sees the same machine
-    load: the steadiest speedups on a shared machine. Rows go to `<out>/e2e.interleaved.json` / `.csv`."""
+    """Training steps of all rows of a shape taken in turns in one process, with a GEMM of each dtype in every
+    round, so every row and its ceiling see the same machine load: the steadiest speedups and fractions of GEMM
+    on a shared machine. Rows go to `<out>/e2e.interleaved.json` / `.csv`."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     rows = []
     for shape in dict.fromkeys(c.shape for c in settings.cases):
         cases = [c for c in settings.cases if c.shape == shape]
+        flops = count_flops(cases[0], settings.device)
         calls = {c: make_calls(c, settings.device) for c in cases}
         for c in cases:
             for _ in range(settings.timing.warmup):
                 calls[c].train()
         times: dict[Case, list[float]] = {c: [] for c in cases}
+        gemm: dict[str, list[float]] = {c.precision: [] for c in cases}
         for _ in range(settings.timing.repeats):
+            for prec, rates in gemm.items():
+                rates.append(roofline.measure_gemm_tflops(settings.device, dtypes[prec], settings.gemm_n, repeats=2))
             for c in cases:
                 times[c].append(_time_once(calls[c].train, settings.device) * 1e3)
         ref = next((statistics.median(times[c]) for c in cases if c.impl == "reference"), None)
         for c in cases:
-            med = statistics.median(times[c])
-            row = context | dataclasses.asdict(c) | {"shape": shape, "train_ms": med,
-                                                     "train_p20_ms": harness.percentile(times[c], 0.2),
-                                                     "train_p80_ms": harness.percentile(times[c], 0.8),
-                                                     "train_speedup": ref / med if ref else None}
+            med, ceiling = statistics.median(times[c]), statistics.median(gemm[c.precision])
+            achieved = flops / (med * 1e-3) / 1e12
+            row = context | dataclasses.asdict(c) | {
+                "shape": shape, "train_ms": med, "train_p20_ms": harness.percentile(times[c], 0.2),
+                "train_p80_ms": harness.percentile(times[c], 0.8), "train_speedup": ref / med if ref else None,
+                "flops_per_step": flops, "achieved_tflops": achieved, "gemm_tflops": ceiling,
+                "fraction_of_gemm": achieved / ceiling}
             print(f"interleaved {shape:<32} {c.impl:<14} {c.precision:<5} train {med:9.1f} ms "
-                  f"x{row['train_speedup'] or float('nan'):5.2f}", flush=True)
+                  f"x{row['train_speedup'] or float('nan'):5.2f} {100 * achieved / ceiling:5.1f}% of GEMM "
+                  f"{ceiling * 1e3:.0f} GFLOP/s", flush=True)
             rows.append(row)
         del calls
         gc.collect()
     harness.append_rows(rows, settings.out, "e2e.interleaved")
     return rows
-
-
-def run_case_in_subprocess(case: Case, timing: Timing, gemm_n: int, profile_dir: Path | None) -> dict:
-    """CPU: a fresh process per row, so each row's RSS is its own."""
-    with tempfile.TemporaryDirectory() as tmp:
-        res_path = Path(tmp) / "row.json"
-        job = {"case": dataclasses.asdict(case), "timing": dataclasses.asdict(timing), "gemm_n": gemm_n,
-               "profile": str(profile_dir) if profile_dir else None, "result": str(res_path)}
-        env = dict(os.environ, OMP_NUM_THREADS=str(timing.threads), MKL_NUM_THREADS=str(timing.threads))
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
-                              env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not res_path.is_file():
-            return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-2000:]}"}
-        return json.loads(res_path.read_text())
-
-
-def _worker(job_json: str) -> int:
-    job = json.loads(job_json)
-    timing = Timing(**job["timing"])
-    torch.set_num_threads(timing.threads)
-    result = run_case(Case(**job["case"]), timing, torch.device("cpu"), job["gemm_n"],
-                      Path(job["profile"]) if job["profile"] else None)
-    Path(job["result"]).write_text(json.dumps(result))
-    return 0
-
-
-def _run_in_process(case: Case, settings: Settings) -> dict:
-    """CUDA: rows share one process (and its compile caches); a failing row is recorded, not fatal."""
-    try:
-        return run_case(case, settings.timing, settings.device, settings.gemm_n, settings.profile)
-    except Exception as e:  # noqa: BLE001 - one broken row must not lose the others
-        return {"error": f"{type(e).__name__}: {e}"}
-    finally:
-        gc.collect()
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------------------- one result row

@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.util
-import inspect
 import json
 import logging
-import re
 import sys
 import typing
 import warnings
@@ -39,37 +37,16 @@ def _type_name(t) -> str:
     return {bool: "true|false", int: "INT", float: "FLOAT", str: "STR"}.get(t, str(t))
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """`name: type = default  # meaning` comments of a config dataclass, by field name."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+):[^\n#]*#\s*(.+)$", source, re.MULTILINE)}
-
-
-def _choices(cls, name: str) -> str | None:
-    """The allowed values of a string field, as its section's `validate()` names them for a bad value."""
-    probe = cls()
-    setattr(probe, name, "\x00")
-    try:
-        probe.validate()
-    except ConfigError as e:
-        m = re.search(r"is not one of (.+)$", str(e))
-        return m[1].replace(", ", "|") if m and f"{name}=" in str(e) else None
-    return None
-
-
 def config_options_help(cls=Config, prefix: str = "") -> list[str]:
-    """Two lines per config field: `--section.field TYPE` and its meaning (field help or comment) and default."""
-    lines, hints, defaults, comments = [], typing.get_type_hints(cls), cls(), _field_comments(cls)
+    """Two lines per config field: `--section.field TYPE` (or its choices), its help text and default."""
+    lines, hints, defaults = [], typing.get_type_hints(cls), cls()
     for f in dataclasses.fields(cls):
         t = hints[f.name]
         if dataclasses.is_dataclass(t):
             lines += config_options_help(t, f"{prefix}{f.name}.")
             continue
-        meaning = f.metadata.get("help") or comments.get(f.name, "")
-        kind = (_choices(cls, f.name) if t is str else None) or _type_name(t)
+        meaning = f.metadata.get("help", "")
+        kind = "|".join(f.metadata["choices"]) if "choices" in f.metadata else _type_name(t)
         default = getattr(defaults, f.name)
         lines.append(f"  --{prefix}{f.name} {kind}\n      {meaning + ' ' if meaning else ''}(default {default!r})")
     return lines

@@ -22,34 +22,54 @@ class ConfigError(ValueError):
     """A configuration value or key that does not fit."""
 
 
+def option(default, help: str, choices: tuple[str, ...] | None = None):
+    """A config field with its help text (shown by `maavt ... --help`) and, for strings, the allowed values."""
+    metadata = {"help": help, **({"choices": choices} if choices else {})}
+    if dataclasses.is_dataclass(default):
+        return field(default_factory=type(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def check_choices(section, prefix: str) -> None:
+    """Raise `ConfigError` for any field of `section` whose value is not among its declared choices."""
+    for f in dataclasses.fields(section):
+        allowed = f.metadata.get("choices")
+        value = getattr(section, f.name)
+        if allowed and value not in allowed:
+            raise ConfigError(f"{prefix}{f.name}={value!r} is not one of {', '.join(allowed)}")
+
+
 @dataclass
 class ModelConfig:
     """MA-AVT model (spec §2-§5). `vit` is any timm ViT with patch 16."""
 
-    vit: str = "vit_base_patch16_224.augreg_in21k"
-    weights: str | None = None  # local weights file; "timm" loads timm's pretrained weights for `vit`
-    img_size: int = 224  # square input side (images and spectrograms)
-    depth: int | None = None  # keep only the first `depth` blocks (small test/demo models)
-    num_classes: int = 309
-    n_audio_tokens: int = 5
-    n_visual_tokens: int = 5
-    n_shared_tokens: int = 5
-    unimodal_tokens: bool = True
-    shared_tokens: bool = True
-    lsa: bool = True
-    lsa_heads: int = 8
-    bg_token: bool = True
-    contrastive: str = "blockwise_sep"
-    proj_dim: int = 512
-    temperature: float = 0.07
-    layerwise_token: str = "none"  # "common": re-insert fresh LSA tokens before every block (spec §3.2)
-    parity: bool = True  # reproduce the release's numerics (1-D pos-embed resampling, trainable ViT CLS)
-    attention: str = "sdpa"
+    vit: str = option("vit_base_patch16_224.augreg_in21k", "timm ViT name (class token, patch 16): tiny/small/base/large")
+    weights: str | None = option(None, "local weights file (.safetensors/.pth/.bin/.npz); \"timm\": timm's pretrained "
+                                       "weights for `vit` (hub or cache); none: random init")
+    img_size: int = option(224, "square input side of images and spectrograms")
+    depth: int | None = option(None, "keep only the first `depth` blocks (small test/demo models); none: all")
+    num_classes: int = option(309, "foreground classes C")
+    n_audio_tokens: int = option(5, "learnable audio-only tokens")
+    n_visual_tokens: int = option(5, "learnable visual-only tokens")
+    n_shared_tokens: int = option(5, "learnable tokens shared by both streams")
+    unimodal_tokens: bool = option(True, "use the audio/visual-only token groups")
+    shared_tokens: bool = option(True, "use the shared token group")
+    lsa: bool = option(True, "re-parameterise each token group with its own small self-attention (LSA)")
+    lsa_heads: int = option(8, "heads of each LSA")
+    bg_token: bool = option(True, "background class token + head rejecting mismatched pairs")
+    contrastive: str = option("blockwise_sep", "contrastive loss on the shared tokens: per-block heads, one shared "
+                              "head, last block only, or off", CONTRASTIVE_MODES)
+    proj_dim: int = option(512, "width of the contrastive projection heads")
+    temperature: float = option(0.07, "contrastive temperature (fixed, as in the release)")
+    layerwise_token: str = option("none", "common: re-insert fresh LSA tokens before every block (spec §3.2)",
+                                  LAYERWISE_TOKEN_MODES)
+    parity: bool = option(True, "reproduce the release's numerics (1-D pos-embed resampling with the BG token, "
+                                "trainable ViT CLS token)")
+    attention: str = option("sdpa", "attention backend: fused SDPA, xformers (CUDA), explicit math (tests)",
+                            ATTENTION_BACKENDS)
 
     def validate(self) -> None:
-        _check_choice("model.contrastive", self.contrastive, CONTRASTIVE_MODES)
-        _check_choice("model.attention", self.attention, ATTENTION_BACKENDS)
-        _check_choice("model.layerwise_token", self.layerwise_token, LAYERWISE_TOKEN_MODES)
+        check_choices(self, "model.")
         if self.num_classes < 1:
             raise ConfigError(f"model.num_classes must be >= 1, got {self.num_classes}")
         for name, on in (("n_audio_tokens", self.unimodal_tokens), ("n_visual_tokens", self.unimodal_tokens),
@@ -79,17 +99,18 @@ class AudioConfig:
     (x - fbank_mean) / (2 fbank_std), time padded/cropped to img_size -> (time, mel) (spec §8 Q21).
     """
 
-    sample_rate: int = 16000
-    features: str = "stft"  # "stft" (VGGSound, CREMA-D) or "fbank" (AVE, Kaldi)
-    tile_to_seconds: float = 10.0  # train crop offsets are drawn from [0, tile_to - window] seconds
-    window_seconds: float = 5.0  # the crop fed to the STFT
-    train_random_crop: bool = True  # False: fixed `test_offset_seconds` in training too (CREMA-D)
-    test_offset_seconds: float = 3.0
-    n_fft: int = 446
-    hop: int = 358
-    pad_mode: str = "reflect"  # STFT edge padding: "reflect" (librosa < 0.10) or "constant" (librosa >= 0.10)
-    fbank_mean: float = -4.1426  # AVE normalisation constants (spec §1.4)
-    fbank_std: float = 3.2001
+    sample_rate: int = option(16000, "audio sample rate in Hz (files must have it)")
+    features: str = option("stft", "log-|STFT| (VGGSound, CREMA-D) or Kaldi fbank (AVE)", ("stft", "fbank"))
+    tile_to_seconds: float = option(10.0, "train crop offsets are drawn from [0, tile_to - window] seconds")
+    window_seconds: float = option(5.0, "length of the crop fed to the STFT")
+    train_random_crop: bool = option(True, "random train crop offset; false: test_offset_seconds in training too")
+    test_offset_seconds: float = option(3.0, "crop offset at evaluation")
+    n_fft: int = option(446, "STFT size (n_fft // 2 + 1 frequency rows) / fbank frame length in samples")
+    hop: int = option(358, "STFT / fbank hop in samples")
+    pad_mode: str = option("reflect", "STFT edge padding: reflect (librosa < 0.10) or constant (librosa >= 0.10)",
+                           ("reflect", "constant"))
+    fbank_mean: float = option(-4.1426, "AVE fbank normalisation mean (spec §1.4)")
+    fbank_std: float = option(3.2001, "AVE fbank normalisation std")
 
     @property
     def window_samples(self) -> int:
@@ -102,8 +123,7 @@ class AudioConfig:
         return self.n_fft // 2 + 1, 1 + self.window_samples // self.hop
 
     def validate(self) -> None:
-        _check_choice("data.audio.features", self.features, ("stft", "fbank"))
-        _check_choice("data.audio.pad_mode", self.pad_mode, ("reflect", "constant"))
+        check_choices(self, "data.audio.")
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop <= 0:
             raise ConfigError("data.audio.sample_rate, n_fft and hop must be > 0")
         if self.window_seconds <= 0:
@@ -124,26 +144,24 @@ class DataConfig:
     split,video_or_frames,audio,label (paths relative to the manifest's folder).
     """
 
-    dataset: str = "vggsound"  # vggsound | cremad | ave | csv
-    root: str = ""
-    frames_per_clip: int = 1  # T
-    bg_prob: float = 0.2  # train-time probability of a mismatched (background) pair
-    bg_parity_bug: bool = False  # reproduce the release's never-swapped background pairs (spec §1.5)
-    val_fraction: float = 0.1  # held out of train, seeded; ignored with val_is_test
-    val_is_test: bool = False  # the release's behaviour: validate on the test split
-    decode: str = "cpu"  # cpu | dali
-    num_workers: int = 2
-    skip_bad: bool = False  # skip (and count) unreadable samples instead of raising
-    image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    image_interp: str = "bilinear"  # resize filter: bilinear (VGGSound, CREMA-D) | bicubic (AVE)
-    train_augment: bool = True  # RandomResizedCrop + flip in training (AVE: False, spec §1.4)
-    audio: AudioConfig = field(default_factory=AudioConfig)
+    dataset: str = option("vggsound", "dataset layout of `root`", ("vggsound", "cremad", "ave", "csv"))
+    root: str = option("", "dataset folder (official layout) or CSV manifest")
+    frames_per_clip: int = option(1, "frames (segments) per clip, T")
+    bg_prob: float = option(0.2, "train-time probability of a mismatched (background) pair")
+    bg_parity_bug: bool = option(False, "reproduce the release's never-swapped background pairs (spec §1.5)")
+    val_fraction: float = option(0.1, "fraction of train held out for validation (seeded); ignored with val_is_test")
+    val_is_test: bool = option(False, "the release's behaviour: validate on the test split")
+    decode: str = option("cpu", "decode path: torch DataLoader workers or NVIDIA DALI", ("cpu", "dali"))
+    num_workers: int = option(2, "decode worker processes per rank")
+    skip_bad: bool = option(False, "skip (and count) unreadable samples instead of raising")
+    image_mean: tuple[float, float, float] = option((0.485, 0.456, 0.406), "image normalisation mean (RGB)")
+    image_std: tuple[float, float, float] = option((0.229, 0.224, 0.225), "image normalisation std (RGB)")
+    image_interp: str = option("bilinear", "resize filter (AVE: bicubic)", ("bilinear", "bicubic"))
+    train_augment: bool = option(True, "RandomResizedCrop + flip in training (AVE: false, spec §1.4)")
+    audio: AudioConfig = option(AudioConfig(), "audio features")
 
     def validate(self) -> None:
-        _check_choice("data.dataset", self.dataset, ("vggsound", "cremad", "ave", "csv"))
-        _check_choice("data.decode", self.decode, ("cpu", "dali"))
-        _check_choice("data.image_interp", self.image_interp, ("bilinear", "bicubic"))
+        check_choices(self, "data.")
         if not 0.0 <= self.bg_prob < 1.0:
             raise ConfigError(f"data.bg_prob must be in [0, 1), got {self.bg_prob}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -167,40 +185,34 @@ class DataConfig:
                               f"window // hop = img_size - 1")
 
 
-def _help(default, text: str):
-    """A dataclass field with a help text (shown by `maavt ... --help`)."""
-    return field(default=default, metadata={"help": text})
-
-
 @dataclass
 class TrainConfig:
     """Optimisation and the loop (spec §6). Defaults are the release's effective VGGSound recipe."""
 
-    batch_size: int = _help(256, "global batch size, split evenly over the ranks")
-    epochs: int = _help(50, "passes over the training split")
-    max_steps: int | None = _help(None, "stop after this many optimizer steps (None: run all epochs)")
-    lr: float = _help(1e-4, "peak learning rate of Adam (betas 0.9, 0.999)")
-    weight_decay: float = _help(0.0, "Adam L2 weight decay")
-    schedule: str = _help("constant", "learning-rate schedule after warm-up: constant | cosine | step")
-    warmup_epochs: float = _help(0.0, "linear warm-up length in (fractional) epochs")
-    step_epochs: int = _help(15, "schedule=step: multiply the lr by step_gamma every this many epochs")
-    step_gamma: float = _help(0.1, "schedule=step: decay factor")
-    compile: bool = _help(True, "torch.compile the whole train step (false: eager)")
-    precision: str = _help("auto", "auto (bf16 autocast on CUDA or CPUs with native bf16, else fp32) | bf16 | fp32")
-    device: str = _help("auto", "auto (cuda when available) | cpu | cuda")
-    grad_mod: bool = _help(False, "OGM-GE gradient modulation (spec §5.1) with the right classifier halves")
-    grad_mod_alpha: float = _help(0.1, "OGM-GE alpha: coeff = 1 - tanh(alpha * relu(ratio))")
-    seed: int = _help(1234, "seed of the model init, data order, augmentation and gradient noise")
-    out_dir: str = _help("runs/maavt", "where checkpoints, logs, curves and the resolved config go")
-    log_every: int = _help(10, "steps between progress lines / JSON log records")
-    ckpt_every: int = _help(200, "steps between `latest` checkpoints (also written at every epoch end)")
-    eval_every: int = _help(1, "epochs between validations (`best` checkpoint by val accuracy)")
-    eval_batches: int | None = _help(None, "validate on at most this many batches per rank (None: all)")
+    batch_size: int = option(256, "global batch size, split evenly over the ranks")
+    epochs: int = option(50, "passes over the training split")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (None: run all epochs)")
+    lr: float = option(1e-4, "peak learning rate of Adam (betas 0.9, 0.999)")
+    weight_decay: float = option(0.0, "Adam L2 weight decay")
+    schedule: str = option("constant", "learning-rate schedule after warm-up", ("constant", "cosine", "step"))
+    warmup_epochs: float = option(0.0, "linear warm-up length in (fractional) epochs")
+    step_epochs: int = option(15, "schedule=step: multiply the lr by step_gamma every this many epochs")
+    step_gamma: float = option(0.1, "schedule=step: decay factor")
+    compile: bool = option(True, "torch.compile the whole train step (false: eager)")
+    precision: str = option("auto", "auto: bf16 autocast on CUDA or CPUs with native bf16, else fp32",
+                            ("auto", "bf16", "fp32"))
+    device: str = option("auto", "auto: cuda when available", ("auto", "cpu", "cuda"))
+    grad_mod: bool = option(False, "OGM-GE gradient modulation (spec §5.1) with the right classifier halves")
+    grad_mod_alpha: float = option(0.1, "OGM-GE alpha: coeff = 1 - tanh(alpha * relu(ratio))")
+    seed: int = option(1234, "seed of the model init, data order, augmentation and gradient noise")
+    out_dir: str = option("runs/maavt", "where checkpoints, logs, curves and the resolved config go")
+    log_every: int = option(10, "steps between progress lines / JSON log records")
+    ckpt_every: int = option(200, "steps between `latest` checkpoints (also written at every epoch end)")
+    eval_every: int = option(1, "epochs between validations (`best` checkpoint by val accuracy)")
+    eval_batches: int | None = option(None, "validate on at most this many batches per rank (None: all)")
 
     def validate(self) -> None:
-        _check_choice("train.schedule", self.schedule, ("constant", "cosine", "step"))
-        _check_choice("train.precision", self.precision, ("auto", "bf16", "fp32"))
-        _check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        check_choices(self, "train.")
         for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -233,11 +245,6 @@ class Config:
     def from_dict(cls, d: dict) -> "Config":
         """Inverse of `to_dict`; unknown keys raise `ConfigError`."""
         return _from_dict(cls, d, "").validate()
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}")
 
 
 def _field_types(cls) -> dict[str, typing.Any]:
