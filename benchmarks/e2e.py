@@ -2,16 +2,20 @@
 
 For every shape (ViT, batch) it measures, on the same weights and inputs, the training step
 (forward, loss, backward, Adam; `maavt_fast.train.step.TrainStep`) and the inference forward:
-median / p20 / p80 seconds over repeats after warm-up, samples/s, peak memory, each row's ratio to
-`reference`, and the roofline numbers (counted FLOPs per step / step time against the GEMM
-throughput measured in the same run; MFU against the published peak on known GPUs).
+median / p20 / p80 ms over repeats after warm-up, samples/s, peak memory, each row's ratio to
+`reference`, and the roofline numbers (counted FLOPs per step / step time against a large GEMM of
+the row's dtype measured in the same process; MFU against the published peak on known GPUs).
+Rows are appended to `<out>/e2e.json` / `.csv` one at a time (`benchmarks/report.py` renders them).
 
-Peak memory: on CUDA `max_memory_allocated` per phase; on CPU each row runs in a fresh process and
-reports the peak RSS of its timed steps (`VmHWM` reset after warm-up, so compilation is excluded;
-`process_peak_rss_mb` keeps the whole-process peak) and `*_step_rss_mb`, that peak minus the RSS
-before the steps (the memory the step itself needs).
+Peak memory (`*_peak_mb`) is what one call adds above the resident model, inputs and optimizer
+state: on CUDA `max_memory_allocated`; on CPU each row runs in a fresh process and reports the growth
+of its peak RSS (VmHWM, after returning freed heap with `malloc_trim`); `process_peak_rss_mb` is the
+whole process's peak (imports and compilation included).
 
-    maavt bench e2e [--quick] [--device cpu|cuda] [--out DIR] [--profile DIR]
+`--interleaved` instead takes the training steps of a shape's rows in turns in one process, with a
+GEMM of each dtype every round (`e2e.interleaved.json`): on a shared machine, the steadiest ratios.
+
+    maavt bench e2e [--quick] [--device cpu|cuda] [--out DIR] [--profile DIR] [--interleaved]
                     [--models vit_small_patch16_224,...] [--batches 4,8] [--impls reference,fast-eager]
 """
 from __future__ import annotations
@@ -247,6 +251,41 @@ def run_interleaved(settings: Settings, context: dict) -> list[dict]:
         gc.collect()
     harness.append_rows(rows, settings.out, "e2e.interleaved")
     return rows
+
+
+def run_case_in_subprocess(case: Case, timing: Timing, gemm_n: int, profile_dir: Path | None) -> dict:
+    """CPU: a fresh process per row, so each row's RSS is its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        res_path = Path(tmp) / "row.json"
+        job = {"case": dataclasses.asdict(case), "timing": dataclasses.asdict(timing), "gemm_n": gemm_n,
+               "profile": str(profile_dir) if profile_dir else None, "result": str(res_path)}
+        env = dict(os.environ, OMP_NUM_THREADS=str(timing.threads), MKL_NUM_THREADS=str(timing.threads))
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
+                              env=env, capture_output=True, text=True)
+        if proc.returncode != 0 or not res_path.is_file():
+            return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-2000:]}"}
+        return json.loads(res_path.read_text())
+
+
+def _worker(job_json: str) -> int:
+    job = json.loads(job_json)
+    timing = Timing(**job["timing"])
+    torch.set_num_threads(timing.threads)
+    result = run_case(Case(**job["case"]), timing, torch.device("cpu"), job["gemm_n"],
+                      Path(job["profile"]) if job["profile"] else None)
+    Path(job["result"]).write_text(json.dumps(result))
+    return 0
+
+
+def _run_in_process(case: Case, settings: Settings) -> dict:
+    """CUDA: rows share one process (and its compile caches); a failing row is recorded, not fatal."""
+    try:
+        return run_case(case, settings.timing, settings.device, settings.gemm_n, settings.profile)
+    except Exception as e:  # noqa: BLE001 - one broken row must not lose the others
+        return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------------------------- one result row

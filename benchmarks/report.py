@@ -30,7 +30,7 @@ def _fmt(v, digits: int = 3) -> str:
     if v is None or v == "":
         return "–"
     if isinstance(v, float):
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:.0f}"
     return str(v)
 
 
@@ -63,7 +63,7 @@ def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
 
 def _order(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["vit"], r["img_size"], r["batch"], IMPL_ORDER.index(r["impl"]),
-                                       r["precision"]))
+                                       ("fp32", "bf16").index(r["precision"])))
 
 
 def e2e_table(rows: list[dict], gpu: bool) -> str:
@@ -119,14 +119,14 @@ def target_check(rows: list[dict], kind: str, interleaved: list[dict] = ()) -> s
             + _table(["target", "measured", "wanted", ""], lines))
 
 
-def e2e_charts(rows: list[dict], out_dir: Path, kind: str) -> list[Path]:
-    """Training throughput per row; achieved compute per row against the GEMM rate measured in its own process."""
+def e2e_charts(rows: list[dict], out_dir: Path, kind: str, source: str) -> list[Path]:
+    """Training throughput per row; achieved compute per row against the GEMM rate measured beside it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    ok = [r for r in _order(rows) if not r["error"]]
+    ok = [r for r in _order(rows) if not r.get("error")]
     if not ok:
         return []
     unit, scale = ("TFLOP/s", 1.0) if kind == "cuda" else ("GFLOP/s", 1e3)
@@ -135,15 +135,16 @@ def e2e_charts(rows: list[dict], out_dir: Path, kind: str) -> list[Path]:
     paths = []
     for name, ylabel in (("throughput", "training samples/s"), ("roofline", f"training step {unit}")):
         fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(ok) + 2), 5.0))
-        values = [r["train_samples_per_s"] if name == "throughput" else r["achieved_tflops"] * scale for r in ok]
+        values = [r["batch"] / r["train_ms"] * 1e3 if name == "throughput" else r["achieved_tflops"] * scale
+                  for r in ok]
         ax.bar(xs, values, color=[colors[r["impl"]] for r in ok],
                edgecolor=["black" if r["precision"] == "bf16" else "none" for r in ok], linewidth=1.5)
         if name == "roofline":
             ax.scatter(xs, [r["gemm_tflops"] * scale for r in ok], marker="_", s=400, color="tab:red",
-                       label="large GEMM of the row's dtype, measured in the row's process")
+                       label="large GEMM of the row's dtype, measured beside it")
             for x, r, v in zip(xs, ok, values):
                 ax.annotate(f"{100 * r['fraction_of_gemm']:.0f}%", (x, v), ha="center", va="bottom", fontsize=7)
-            peaks = {r["precision"]: r["published_peak_tflops"] for r in ok if r["published_peak_tflops"]}
+            peaks = {r["precision"]: r["published_peak_tflops"] for r in ok if r.get("published_peak_tflops")}
             for prec, peak in peaks.items():
                 ax.axhline(peak * scale, ls=":", color="black", label=f"published dense {prec} peak {peak:g} TFLOP/s")
             ax.set_yscale("log")
@@ -152,7 +153,7 @@ def e2e_charts(rows: list[dict], out_dir: Path, kind: str) -> list[Path]:
         handles = [Patch(color=c, label=impl) for impl, c in colors.items()] + [
             Patch(facecolor="white", edgecolor="black", label="bf16 autocast (outlined)")]
         ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc="best")
-        ax.set_title(f"e2e {ylabel} on {ok[0]['device_detail'] or ok[0]['device']}", fontsize=9)
+        ax.set_title(f"e2e {ylabel} on {ok[0]['device_detail'] or ok[0]['device']} ({source})", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"e2e.{kind}.{name}.png"
         fig.savefig(path, dpi=110)
@@ -185,7 +186,8 @@ def e2e_section(rows: list[dict], results: Path, md_dir: Path) -> str:
         parts.append(e2e_table(run, gpu=kind == "cuda"))
         inter = latest_runs(interleaved_rows).get(kind, [])
         parts.append("Targets of issue 6:\n\n" + target_check(run, kind, inter))
-        for png in e2e_charts(run, results, kind):
+        charted, source = (inter, "interleaved rows") if inter else (run, "rows in separate processes")
+        for png in e2e_charts(charted, results, kind, source):
             parts.append(f"![{png.stem}]({os.path.relpath(png, md_dir)})")
     for kind, run in latest_runs(interleaved_rows).items():
         parts.append(f"### Interleaved training steps ({kind}, run `{run[0]['run_id']}`)\n\n"
