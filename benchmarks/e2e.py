@@ -38,16 +38,12 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, Python puts benchmarks/ first on sys.path, where profile.py would shadow the standard
-# library's `profile` (which torch._dynamo imports through cProfile): import this folder as a package instead.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # run as a file: import `benchmarks` as a package
 
 import torch  # noqa: E402
 
 from benchmarks import harness  # noqa: E402
-from benchmarks import profile as bench_profile  # noqa: E402
+from benchmarks import profiling  # noqa: E402
 from benchmarks import roofline  # noqa: E402
 from maavt_fast.config import ModelConfig, preset  # noqa: E402
 
@@ -208,7 +204,7 @@ def run_case(case: Case, timing: Timing, device: torch.device, gemm_n: int, prof
         result["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if profile_dir is not None:
         for phase in ("train", "infer"):
-            bench_profile.profile_steps(getattr(calls, phase), PROFILE_STEPS, profile_dir, f"{case.name}_{phase}",
+            profiling.profile_steps(getattr(calls, phase), PROFILE_STEPS, profile_dir, f"{case.name}_{phase}",
                                         device)
         result["profile"] = str(profile_dir / case.name) + "_{train,infer}.{trace.json,top_ops.txt}"
     return result

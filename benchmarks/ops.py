@@ -24,11 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-# Run as a file, Python puts benchmarks/ first on sys.path, where profile.py would shadow the standard
-# library's `profile` (imported by torch.compile); put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: import `benchmarks` as a package
 from benchmarks import harness  # noqa: E402
 from maavt_fast.ops import blockwise_contrastive_loss, group_attention, group_attention_reference  # noqa: E402
 from maavt_fast.ops.contrastive import blockwise_contrastive_loss_reference  # noqa: E402
