@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from maavt_fast.config import Config, apply_overrides, preset
+from maavt_fast.ops._dispatch import kernel_device
 
 
 def tiny_config(**overrides: str) -> Config:
@@ -30,3 +31,12 @@ def random_batch(batch: int, frames: int, size: int, num_classes: int, seed: int
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """Where the Triton kernels run: CUDA, else the CPU interpreter; fails (never skips) when neither can."""
+    dev = kernel_device()
+    if dev is None:
+        pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
+    return dev

@@ -15,15 +15,6 @@ import torch
 from maavt_fast.kernels._launch import LAUNCHES
 from maavt_fast.ops import (GroupAttention, blockwise_contrastive_loss, blockwise_projection,
                             group_attention_reference)
-from maavt_fast.ops._dispatch import kernel_device
-
-
-@pytest.fixture
-def device() -> torch.device:
-    dev = kernel_device()
-    if dev is None:
-        pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
-    return dev
 
 
 def _randn(*shape, device, grad=False):

@@ -14,18 +14,9 @@ import torch
 
 from maavt_fast.kernels._launch import LAUNCHES
 from maavt_fast.ops import blockwise_contrastive_loss, blockwise_contrastive_loss_reference
-from maavt_fast.ops._dispatch import kernel_device
 
 # Tolerance per input dtype (atol = rtol) against the reference computed in fp64 on the same inputs.
 TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
-
-
-@pytest.fixture
-def device() -> torch.device:
-    dev = kernel_device()
-    if dev is None:
-        pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
-    return dev
 
 
 def _features(L, B, P, dtype, device, seed=0):
