@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 BG_LABEL = -1  # canonical label of a background (mismatched) pair everywhere inside the library
 
 CONTRASTIVE_MODES = ("blockwise_sep", "blockwise_cmn", "final", "none")
-ATTENTION_BACKENDS = ("sdpa", "xformers", "math")
+ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
 LAYERWISE_TOKEN_MODES = ("none", "common")
 
 
@@ -65,8 +65,8 @@ class ModelConfig:
                                   LAYERWISE_TOKEN_MODES)
     parity: bool = option(True, "reproduce the release's numerics (1-D pos-embed resampling with the BG token, "
                                 "trainable ViT CLS token)")
-    attention: str = option("sdpa", "attention backend: fused SDPA, xformers (CUDA), explicit math (tests)",
-                            ATTENTION_BACKENDS)
+    attention: str = option("auto", "attention backend: fused SDPA, xformers (CUDA), explicit math; auto: SDPA, "
+                            "except math on CPU under bf16 autocast (faster there at ~200 tokens)", ATTENTION_BACKENDS)
 
     def validate(self) -> None:
         check_choices(self, "model.")

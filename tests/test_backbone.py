@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from conftest import tiny_config
 from maavt_fast.model import MAAVT, WeightsError
 from maavt_fast.model.backbone import build_vit, embed_patches, position_embedding
-from maavt_fast.model.blocks import attention, run_block
+from maavt_fast.model.blocks import attention, resolve_backend, run_block
 
 
 def test_block_runner_equals_timm_forward_features():
@@ -119,3 +119,13 @@ def test_xformers_backend_refuses_cpu_tensors():
     model = MAAVT(tiny_config(model__attention="xformers").model)
     with pytest.raises(RuntimeError, match="xformers.*CUDA"):
         model(torch.randn(1, 1, 32, 32), torch.randn(1, 1, 3, 32, 32))
+
+
+def test_auto_backend_is_sdpa_except_math_on_cpu_under_bf16_autocast():
+    x = torch.zeros(2, 3)
+    assert resolve_backend("auto", x) == "sdpa"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resolve_backend("auto", x) == "math"
+        assert resolve_backend("sdpa", x) == "sdpa"
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert resolve_backend("auto", x) == "sdpa"

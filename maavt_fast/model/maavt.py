@@ -15,7 +15,7 @@ from torch import nn
 
 from maavt_fast.config import BG_LABEL, ModelConfig
 from maavt_fast.model.backbone import build_vit, embed_patches, position_embedding
-from maavt_fast.model.blocks import Layout, run_block, stream_views
+from maavt_fast.model.blocks import Layout, resolve_backend, run_block, stream_views
 from maavt_fast.model.outputs import MAAVTOutput
 from maavt_fast.model.tokens import LearnableTokens
 from maavt_fast.ops import blockwise_contrastive_loss, blockwise_projection
@@ -65,7 +65,8 @@ class MAAVT(nn.Module):
         # ranks (local-loss formulation) and the FG loss is normalised by the mean FG-row count over ranks, so
         # DDP's gradient average equals the single-process gradient of the global batch, background rows included.
         self.data_parallel = False
-        log.info("MAAVT: %s, %d blocks, attention backend %r", cfg.vit, depth, cfg.attention)
+        rule = " (SDPA; explicit math on CPU under bf16 autocast)" if cfg.attention == "auto" else ""
+        log.info("MAAVT: %s, %d blocks, attention backend %r%s", cfg.vit, depth, cfg.attention, rule)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, 3, S, S)` image or `(N, S, S)` spectrogram -> `[CLS, patches(, BG)] + pos` `(N, 1+P(+1), D)`."""
@@ -100,11 +101,12 @@ class MAAVT(nn.Module):
         layout: Layout = tuple((n, base[0].shape[1] + t) for t in n_tail)
         n_shared = tok["shared"].shape[0] if "shared" in tok else 0
         depth, shared_means, attn = len(self.vit.blocks), [], None
+        backend = resolve_backend(self.cfg.attention, x)
         for i, blk in enumerate(self.vit.blocks):
             if i > 0 and self.cfg.layerwise_token == "common":  # fresh LSA tokens before every block
                 x = self._with_tokens([v[:, :base[0].shape[1]] for v in stream_views(x, layout)], tok)
             last = i == depth - 1
-            x, amap = run_block(blk, x, layout, self.cfg.attention, 1 if (last and return_attn) else None,
+            x, amap = run_block(blk, x, layout, backend, 1 if (last and return_attn) else None,
                                 self.num_patches)
             attn = amap if amap is not None else attn
             if self.audio_proj is not None and (self.cfg.contrastive != "final" or last):
