@@ -48,8 +48,3 @@ def measure_gemm_tflops(device: torch.device, dtype: torch.dtype, n: int, repeat
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     m = harness.measure(lambda: torch.mm(a, b), device, warmup=2, repeats=repeats)
     return 2 * n ** 3 / (m.median_ms * 1e-3) / 1e12
-
-
-def attainable_fraction(flops: int, step_s: float, gemm_tflops: float) -> float:
-    """Achieved FLOP/s of the step over the measured GEMM FLOP/s."""
-    return flops / step_s / 1e12 / gemm_tflops

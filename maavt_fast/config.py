@@ -16,6 +16,7 @@ BG_LABEL = -1  # canonical label of a background (mismatched) pair everywhere in
 CONTRASTIVE_MODES = ("blockwise_sep", "blockwise_cmn", "final", "none")
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
 LAYERWISE_TOKEN_MODES = ("none", "common")
+MAX_LSA_TOKENS = 64  # tokens per group the fused group-attention kernel takes (kernels/group_attention.py)
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,10 @@ class ModelConfig:
             if n < 0 or (on and n == 0):
                 group = "unimodal_tokens" if name != "n_shared_tokens" else "shared_tokens"
                 raise ConfigError(f"model.{name}={n} but model.{group} is on: use a count >= 1 or turn the group off")
+        largest = max(self.n_audio_tokens, self.n_visual_tokens, self.n_shared_tokens)
+        if self.lsa and largest > MAX_LSA_TOKENS:
+            raise ConfigError(f"model.lsa: a token group of {largest} tokens exceeds the fused LSA kernel's "
+                              f"{MAX_LSA_TOKENS}; use fewer tokens or model.lsa=false")
         if self.contrastive != "none" and not (self.shared_tokens and self.n_shared_tokens > 0):
             raise ConfigError(f"model.contrastive={self.contrastive!r} needs shared tokens (model.shared_tokens)")
         if self.img_size % 16:

@@ -15,7 +15,7 @@ from maavt_fast import cli
 from maavt_fast.config import Config
 from maavt_fast.data import synthesize
 from maavt_fast.model import MAAVT
-from maavt_fast.train.checkpoint import read_checkpoint, save_checkpoint
+from maavt_fast.train.checkpoint import load_weights, read_checkpoint, save_checkpoint
 from test_model_api import _save_official
 
 
@@ -128,6 +128,12 @@ def test_convert_then_eval_official_checkpoint(capsys, tmp_path, data_root):
     own = dict(source.named_trainable_parameters())
     assert converted["optimizer"] is None and set(converted["model"]) == set(own)
     assert all(torch.equal(converted["model"][k], own[k].detach()) for k in own)
+    # the frozen ViT came from the official file, not from a config: the converted model gives its outputs
+    rebuilt = MAAVT(Config.from_dict(converted["config"]).model)
+    load_weights(converted, rebuilt, tmp_path / "ours.pt")
+    audio, image = torch.randn(2, 1, 32, 32), torch.randn(2, 1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(audio, image).fg_logits, source(audio, image).fg_logits)
     # the official file evaluates directly (its model described by --preset + overrides) ...
     code, _, _ = run_main(["eval", "--checkpoint", str(tmp_path / "model_best.pth.tar"), "--preset", "tiny",
                            "--out", str(tmp_path / "official_eval"), "--attention", "0",

@@ -41,6 +41,7 @@ def test_overrides_are_typed():
     ({"model.shared_tokens": "false"}, "needs shared tokens"),
     ({"model.img_size": "40"}, "multiple of the patch size"),
     ({"model": "x"}, "is a section"),
+    ({"model.n_shared_tokens": "65"}, "exceeds the fused LSA kernel's 64"),
 ])
 def test_bad_overrides_are_named(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -54,3 +55,11 @@ def test_unknown_preset_and_unknown_dict_keys():
     d["train"]["epochz"] = 3
     with pytest.raises(ConfigError, match="train.epochz"):
         Config.from_dict(d)
+
+
+def test_lsa_token_limit_is_the_kernels():
+    from maavt_fast.config import MAX_LSA_TOKENS
+    from maavt_fast.kernels.group_attention import MAX_TOKENS
+
+    assert MAX_LSA_TOKENS == MAX_TOKENS
+    assert preset("tiny", {"model.n_shared_tokens": "65", "model.lsa": "false"}).model.n_shared_tokens == 65

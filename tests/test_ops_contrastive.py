@@ -90,6 +90,9 @@ def test_non_contiguous_inputs(device):
     audio, visual = base_a.transpose(0, 1)[..., ::2], base_v.transpose(0, 1)[..., 1::2]
     assert not audio.is_contiguous()
     _compare(audio, visual, _keep(7, "random", device))
+    keep = _keep(14, "random", device)[::2]  # a strided mask too
+    assert not keep.is_contiguous()
+    _compare(audio, visual, keep)
 
 
 @pytest.mark.parametrize("temperature", [torch.tensor(0.2), torch.tensor([0.05, 0.1, 0.3])])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import random_batch, tiny_config
-from maavt_fast.train.checkpoint import read_checkpoint
+from maavt_fast.train.checkpoint import CheckpointError, read_checkpoint
 from maavt_fast.train.distributed import DistInfo
 from maavt_fast.train.loop import NonFiniteLossError, Trainer
 from maavt_fast.train.run import build_model
@@ -123,6 +123,16 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
     assert result.loop.step == 10
     ref, got = trainable(ref_model), trainable(model)
     assert all(torch.equal(ref[k], got[k]) for k in ref), [k for k in ref if not torch.equal(ref[k], got[k])]
+
+
+def test_resume_under_a_different_config_is_refused_by_key(tmp_path):
+    cfg = make_cfg(tmp_path, "run")
+    Trainer(cfg, CPU, build_model(cfg), fake_loaders(cfg)).fit()
+    changed = make_cfg(tmp_path, "run", train__lr="0.5", train__epochs="9")  # epochs may change, lr may not
+    trainer = Trainer(changed, CPU, build_model(changed), fake_loaders(changed))
+    with pytest.raises(CheckpointError, match=r"config differs in train.lr \(") as e:
+        trainer.resume_from(tmp_path / "run" / "checkpoints" / "latest.pt")
+    assert "train.epochs" not in str(e.value)
 
 
 def test_nonfinite_loss_stops_with_the_offending_step(tmp_path):

@@ -174,7 +174,7 @@ def test_read_checkpoint_errors_name_the_problem(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="official checkpoint and carries no maavt_fast config"):
         ckpt.checkpoint_config(official, "official.pth.tar")
     with pytest.raises(ckpt.CheckpointError, match="cannot be resumed"):
-        ckpt.restore_training(official, None, None, "official.pth.tar")
+        ckpt.restore_training(official, None, None, "official.pth.tar", None)
 
 
 def test_rng_capture_restore_roundtrip():

@@ -43,6 +43,9 @@ def build_vit(cfg: ModelConfig) -> VisionTransformer:
     if vit.reg_token is not None or vit.no_embed_class or vit.global_pool != "token":
         raise ValueError(f"model.vit={cfg.vit!r}: only class-token ViTs without register tokens are supported")
     vit.patch_embed.strict_img_size = False
+    if cfg.weights is None and cfg.depth is None:
+        log.warning("model.weights is not set: the frozen %s is randomly initialised (right for tests and "
+                    "benchmarks, not for training on real data)", cfg.vit)
     if cfg.weights not in (None, "timm"):
         load_vit_weights(vit, cfg.weights)
     vit.requires_grad_(False)

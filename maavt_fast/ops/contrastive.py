@@ -73,6 +73,8 @@ def _check_inputs(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor 
         raise ValueError(f"audio and visual must both be (L, B, P); got {tuple(audio.shape)} and {tuple(visual.shape)}")
     if keep is not None and (keep.shape != (audio.shape[1],) or keep.dtype != torch.bool):
         raise ValueError(f"keep must be a bool tensor of shape ({audio.shape[1]},); got {keep.dtype} {tuple(keep.shape)}")
+    if keep is not None and keep.device != audio.device:
+        raise ValueError(f"keep is on {keep.device} but the features are on {audio.device}")
     if isinstance(temperature, torch.Tensor) and temperature.numel() not in (1, audio.shape[0]):
         raise ValueError(f"temperature must be a float or a tensor of 1 or L={audio.shape[0]} values; "
                          f"got shape {tuple(temperature.shape)}")
@@ -141,8 +143,7 @@ def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: 
     """
     _check_inputs(audio, visual, keep, temperature, reduction)
     L, B, _ = audio.shape
-    if keep is None:
-        keep = torch.ones(B, dtype=torch.bool, device=audio.device)
+    keep = torch.ones(B, dtype=torch.bool, device=audio.device) if keep is None else keep.contiguous()
     gathered = gather and distributed.gather_active()
     row_start = 0
     if gathered:

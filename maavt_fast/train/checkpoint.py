@@ -77,9 +77,14 @@ def restore_rng(state: dict) -> None:
 
 
 def save_checkpoint(path: str | Path, *, model, cfg: Config, optimizer: torch.optim.Optimizer | None = None,
-                    loop: LoopState | None = None) -> Path:
-    """Write our format atomically. `model` is the unwrapped `MAAVT` (not the DDP wrapper)."""
-    return atomic_save({
+                    loop: LoopState | None = None, with_backbone: bool = False) -> Path:
+    """Write our format atomically. `model` is the unwrapped `MAAVT` (not the DDP wrapper).
+
+    The frozen ViT is rebuilt from `cfg.model` on load; `with_backbone` also stores its weights, for a
+    backbone that no config can rebuild (one that came out of an official checkpoint).
+    """
+    backbone = {"backbone": model.vit.state_dict()} if with_backbone else {}
+    return atomic_save(backbone | {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": getattr(maavt_fast, "__version__", "unknown"),
@@ -125,20 +130,50 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
 
 
 def load_weights(ckpt: dict, model, path: str | Path) -> None:
-    """Load the trainable weights of `ckpt` (either format) into the unwrapped `model`."""
+    """Load the weights of `ckpt` (either format; a stored backbone too) into the unwrapped `model`."""
     if is_official(ckpt):
         from maavt_fast.model.official import load_official_checkpoint
 
         load_official_checkpoint(path, model)
-    else:
-        model.load_trainable_state_dict(ckpt["model"])
+        return
+    if "backbone" in ckpt:
+        from maavt_fast.model.backbone import check_state_dict_fits
+
+        check_state_dict_fits(model.vit, ckpt["backbone"], f"the ViT stored in {path}")
+        model.vit.load_state_dict(ckpt["backbone"])
+    model.load_trainable_state_dict(ckpt["model"])
 
 
-def restore_training(ckpt: dict, model, optimizer: torch.optim.Optimizer, path: str | Path) -> LoopState:
+# Fields a resumed run may change without leaving the uninterrupted run's trajectory.
+RESUMABLE_CHANGES = frozenset({"train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every",
+                               "train.eval_every", "train.eval_batches", "train.out_dir", "train.device",
+                               "data.root", "data.num_workers"})
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def check_resume_config(saved: dict, cfg: Config, path: str | Path) -> None:
+    """Refuse to resume under a config that changes the run (model, data order, optimisation), naming the keys."""
+    old, new = _flatten(Config.from_dict(saved).to_dict()), _flatten(cfg.to_dict())
+    changed = sorted(k for k in old if old[k] != new[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise CheckpointError(f"cannot resume {path} exactly: the config differs in " +
+                              ", ".join(f"{k} ({old[k]!r} -> {new[k]!r})" for k in changed) +
+                              "; resume with the saved config (--config <run>/config.json) or start a new run")
+
+
+def restore_training(ckpt: dict, model, optimizer: torch.optim.Optimizer, path: str | Path,
+                     cfg: Config) -> LoopState:
     """Resume: weights, optimizer state, RNG and the loop position of a checkpoint of our format."""
     if is_official(ckpt) or ckpt.get("optimizer") is None or ckpt.get("loop") is None:
         raise CheckpointError(f"{path} holds weights only (official or converted); it cannot be resumed. "
                               "Use it with `maavt eval --checkpoint`, or start a new run with it as init")
+    check_resume_config(ckpt["config"], cfg, path)
     model.load_trainable_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng(ckpt["rng"])
@@ -154,4 +189,4 @@ def convert(official_path: str | Path, out_path: str | Path, cfg: Config) -> Pat
         raise CheckpointError(f"{official_path} is not an official MA-AVT checkpoint (no `state_dict` key)")
     model = MAAVT(cfg.model)
     load_official_checkpoint(official_path, model)
-    return save_checkpoint(out_path, model=model, cfg=cfg)
+    return save_checkpoint(out_path, model=model, cfg=cfg, with_backbone=True)

@@ -109,6 +109,9 @@ class Trainer:
         tc = cfg.train
         if tc.batch_size % dist.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the world size {dist.world_size}")
+        if cfg.data.skip_bad and dist.world_size > 1:  # a skipped sample would give ranks unequal batches
+            raise ConfigError("data.skip_bad=true needs a single process: under torchrun a skipped sample leaves the "
+                              "ranks with unequal batches (the contrastive all-gather and DDP need equal ones)")
         self.cfg, self.dist, self.make_loader = cfg, dist, make_loader
         self.out_dir = Path(tc.out_dir)
         self.latest_path, self.best_path = checkpoint_paths(self.out_dir)
@@ -127,7 +130,7 @@ class Trainer:
 
     def resume_from(self, path: str | Path) -> None:
         """Load weights, optimizer, RNG and loop position (call before `fit`)."""
-        self.loop = restore_training(read_checkpoint(path), self.model, self.optimizer, path)
+        self.loop = restore_training(read_checkpoint(path), self.model, self.optimizer, path, self.cfg)
         say(f"resumed from {path} at step {self.loop.step} (epoch {self.loop.epoch + 1}, "
             f"batch {self.loop.batch_in_epoch})", self.dist.is_main)
 
