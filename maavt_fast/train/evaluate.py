@@ -50,14 +50,17 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
             if max_batches is not None and i >= max_batches:
                 break
             batch = batch.to(device)
+            real = _real_clips(batch)
+            if not real.any():
+                continue
+            label = batch.label[real]
             with precision.autocast(device):
-                out = model(batch.audio, batch.image, batch.label)
-            keep = _real_rows(batch)
-            fg, label = out.fg_logits[keep], batch.label.reshape(-1)[keep]
-            counts += batch_counts(fg, None if out.bg_logits is None else out.bg_logits[keep], label)
-            n = keep.sum().double()
+                out = model(batch.audio[real], batch.image[real], label)
+            label = label.reshape(-1)
+            counts += batch_counts(out.fg_logits, out.bg_logits, label)
+            n = torch.tensor(label.numel(), dtype=torch.float64, device=device)
             loss_sum += torch.stack([out.loss.detach().double() * n, n])
-            confusion += confusion_counts(fg, label, num_classes)
+            confusion += confusion_counts(out.fg_logits, label, num_classes)
     finally:
         model.train(was_training)
         model.data_parallel = gather
@@ -69,13 +72,13 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
     return EvalResult(metrics=metrics, confusion=confusion.cpu())
 
 
-def _real_rows(batch) -> torch.Tensor:
-    """(B*T,) bool: rows that are not the wrap-around padding a loader adds to even out ranks (`batch.valid`)."""
+def _real_clips(batch) -> torch.Tensor:
+    """(B,) bool: clips that are not the wrap-around padding a loader adds to even out ranks (`batch.valid`);
+    only real clips are forwarded, so padding counts in neither the metrics nor the loss."""
     valid = getattr(batch, "valid", None)
-    rows = batch.label.numel()
     if valid is None:
-        return torch.ones(rows, dtype=torch.bool, device=batch.label.device)
-    return valid.reshape(-1).repeat_interleave(rows // valid.numel())
+        return torch.ones(batch.label.shape[0], dtype=torch.bool, device=batch.label.device)
+    return valid.reshape(-1).to(device=batch.label.device, dtype=torch.bool)
 
 
 def finite_or_none(x):
