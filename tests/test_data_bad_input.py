@@ -82,6 +82,7 @@ def test_a_batch_of_only_bad_samples_yields_nothing_but_counts(clean, tmp_path):
     cfg.skip_bad = True
     loader = build_loader(cfg, "test", 32, batch_size=2, seed=0)
     assert list(loader) == [] and loader.skipped == 2
+    assert loader.position == len(loader) == 1  # the skipped batch still counts as consumed (exact resume)
 
 
 def test_stereo_wav_is_averaged_to_mono(tmp_path):

@@ -29,12 +29,14 @@ class FakeBatch:
 class FakeLoader:
     """`n` batches per epoch, each a function of (epoch, batch index) only, like the real loader.
 
-    `crash_at`: raise at that (epoch, batch) (a crash mid-run); `nan_at`: that batch's audio is NaN.
+    `crash_at`: raise at that (epoch, batch) (a crash mid-run); `nan_at`: that batch's audio is NaN;
+    `skip_at`: that batch is wholly unreadable and skipped, as the real loader does with skip_bad.
     """
 
-    def __init__(self, cfg, epoch, start_batch, n=5, crash_at=None, nan_at=None, train=True):
+    def __init__(self, cfg, epoch, start_batch, n=5, crash_at=None, nan_at=None, skip_at=None, train=True):
         self.cfg, self.epoch, self.start, self.n = cfg, epoch, start_batch, n
-        self.crash_at, self.nan_at, self.train = crash_at, nan_at, train
+        self.crash_at, self.nan_at, self.skip_at, self.train = crash_at, nan_at, skip_at, train
+        self.position = start_batch
 
     def __len__(self):
         return self.n
@@ -44,6 +46,9 @@ class FakeLoader:
         for b in range(self.start, self.n):
             if (self.epoch, b) == self.crash_at:
                 raise RuntimeError("simulated crash")
+            self.position = b + 1
+            if (self.epoch, b) == self.skip_at:
+                continue
             audio, image, label = random_batch(self.cfg.train.batch_size, 1, m.img_size, m.num_classes,
                                                seed=1000 * self.epoch + b + (0 if self.train else 777),
                                                bg_every=3 if self.train else 0)
@@ -102,25 +107,28 @@ def test_loop_trains_logs_validates_and_checkpoints(tmp_path):
     assert (result.out_dir / "curves.png").stat().st_size > 0
 
 
-def test_resume_after_crash_equals_uninterrupted_run(tmp_path):
-    # cosine + warm-up (lr depends on the step) and OGM-GE (gradient noise from the RNG) must both resume exactly
+@pytest.mark.parametrize("skip_at", [None, (1, 0)])
+def test_resume_after_crash_equals_uninterrupted_run(tmp_path, skip_at):
+    # cosine + warm-up (lr depends on the step) and OGM-GE (gradient noise from the RNG) must both resume exactly;
+    # so must a run whose loader skipped a wholly unreadable batch before the checkpoint (skip_at)
     extra = dict(train__schedule="cosine", train__warmup_epochs="0.5", train__grad_mod="true")
     ref_cfg = make_cfg(tmp_path, "ref", **extra)
     ref_model = build_model(ref_cfg)
-    Trainer(ref_cfg, CPU, ref_model, fake_loaders(ref_cfg)).fit()
+    Trainer(ref_cfg, CPU, ref_model, fake_loaders(ref_cfg, skip_at=skip_at)).fit()
 
     cfg = make_cfg(tmp_path, "crash", **extra)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        Trainer(cfg, CPU, build_model(cfg), fake_loaders(cfg, crash_at=(1, 3))).fit()  # step 9 of 10
+        Trainer(cfg, CPU, build_model(cfg), fake_loaders(cfg, crash_at=(1, 3), skip_at=skip_at)).fit()
     latest = read_checkpoint(tmp_path / "crash" / "checkpoints" / "latest.pt")
-    assert latest["loop"]["step"] == 6 and latest["loop"]["batch_in_epoch"] == 1  # ckpt_every 3: mid-epoch 2
+    planned = 1 if skip_at is None else 2  # ckpt_every 3: step 6 is mid-epoch 2, one batch later with a skip
+    assert latest["loop"]["step"] == 6 and latest["loop"]["batch_in_epoch"] == planned
 
     torch.manual_seed(999)  # the resumed process starts from a different RNG state: the checkpoint restores it
     model = build_model(cfg)
-    trainer = Trainer(cfg, CPU, model, fake_loaders(cfg))
+    trainer = Trainer(cfg, CPU, model, fake_loaders(cfg, skip_at=skip_at))
     trainer.resume_from(tmp_path / "crash" / "checkpoints" / "latest.pt")
     result = trainer.fit()
-    assert result.loop.step == 10
+    assert result.loop.step == (10 if skip_at is None else 9)
     ref, got = trainable(ref_model), trainable(model)
     assert all(torch.equal(ref[k], got[k]) for k in ref), [k for k in ref if not torch.equal(ref[k], got[k])]
 

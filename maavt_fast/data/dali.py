@@ -177,7 +177,8 @@ class DaliLoader(Loader):
         source = HostSource(self.dataset, batches, self.video_mode, train_aug)
         pipe = build_pipeline(source, self.batch_size, self.num_workers, self.device_id)
         try:
-            for keys in batches:
+            for position, keys in enumerate(batches, start=self.start_batch + 1):
+                self.position = position
                 try:
                     image, audio, label, index, valid = pipe.run()
                 except Exception as e:  # DALI re-raises worker errors as plain Exception / RuntimeError

@@ -86,10 +86,11 @@ class Loader:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world_size, self.drop_last, self.num_workers = rank, world_size, drop_last, num_workers
         self.epoch, self.start_batch = epoch, start_batch
+        self.position = start_batch  # planned batches of this epoch consumed, wholly skipped ones included
         self.skipped = dataset.bad_rows
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+        self.epoch, self.start_batch, self.position = epoch, start_batch, start_batch
 
     def batch_keys(self) -> list[list[tuple[int, int, bool]]]:
         """This rank's batches of this epoch, from start_batch on, as (epoch, index, valid) keys."""
@@ -110,8 +111,9 @@ class Loader:
         loader = DataLoader(_Keyed(self.dataset), batch_sampler=keys, num_workers=self.num_workers,
                             collate_fn=collate, worker_init_fn=_worker_init if self.num_workers else None,
                             pin_memory=torch.cuda.is_available())
-        for batch, bad in loader:
+        for position, (batch, bad) in enumerate(loader, start=self.start_batch + 1):
             self.skipped += bad
+            self.position = position
             if batch is not None:
                 yield batch
 

@@ -158,13 +158,14 @@ class Trainer:
         window, started, first_step = _Window(), time.perf_counter(), loop.step
         lr = lr_at(loop.step, tc, self.steps_per_epoch)
         while loop.step < self.total_steps and loop.epoch < tc.epochs:
-            for batch in self.make_loader("train", loop.epoch, loop.batch_in_epoch):
+            train_batches = self.make_loader("train", loop.epoch, loop.batch_in_epoch)
+            for batch in train_batches:
                 batch = batch.to(dist.device)
                 lr = lr_at(loop.step, tc, self.steps_per_epoch)
                 set_lr(self.optimizer, lr)
                 result = step_fn(batch.audio, batch.image, batch.label, loop.step)
                 loop.step += 1
-                loop.batch_in_epoch += 1
+                loop.batch_in_epoch = train_batches.position  # wholly skipped (unreadable) batches count too
                 window.add(loop.step, result)
                 if loop.step % tc.log_every == 0 or loop.step % tc.ckpt_every == 0:
                     self._log_train(window.reduce(dist.world_size), progress, lr)
