@@ -137,6 +137,17 @@ def _add_grad(d_ptr, base, idx, ok, feat, P, s_b, s_p, inv, acc, coef, inv_t, NO
 
 
 @triton.jit
+def _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, local, row_start, B_rows, half_g):
+    """Loss rows `local` of this rank: global index, validity, keep flag, saved lse1/lse2, loss weight."""
+    rows = row_start + local
+    rows_ok = local < B_rows
+    keep_r = tl.load(keep_ptr + rows, mask=rows_ok, other=0) != 0
+    lse1 = tl.load(lse1_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
+    lse2 = tl.load(lse2_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
+    return rows, rows_ok, keep_r, lse1, lse2, tl.where(keep_r, half_g, 0.0)
+
+
+@triton.jit
 def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, gscale_ptr,
                            da_ptr, dv_ptr, dtemp_ptr,
                            B, B_rows, P, row_start, n_row_tiles,
@@ -164,12 +175,8 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
     half_g = 0.5 * tl.load(gscale_ptr + blk)
     if tile < n_row_tiles:
         local = tile * BR + tl.arange(0, BR)
-        rows = row_start + local
-        rows_ok = local < B_rows
-        keep_r = tl.load(keep_ptr + rows, mask=rows_ok, other=0) != 0
-        lse1 = tl.load(lse1_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
-        lse2 = tl.load(lse2_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
-        w = tl.where(keep_r, half_g, 0.0)
+        rows, rows_ok, keep_r, lse1, lse2, w = _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, local, row_start, B_rows,
+                                                         half_g)
         acc_v = tl.zeros([BR, PC], tl.float32)
         acc_a = tl.zeros([BR, PC], tl.float32)
         coef_v = tl.zeros([BR], tl.float32)
@@ -206,13 +213,8 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
         inv_ac = tl.zeros([BC], tl.float32)
         inv_vc = tl.zeros([BC], tl.float32)
         for r0 in range(0, B_rows, BR):
-            local = r0 + tl.arange(0, BR)
-            rows = row_start + local
-            rows_ok = local < B_rows
-            keep_r = tl.load(keep_ptr + rows, mask=rows_ok, other=0) != 0
-            lse1 = tl.load(lse1_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
-            lse2 = tl.load(lse2_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
-            w = tl.where(keep_r, half_g, 0.0)
+            rows, rows_ok, keep_r, lse1, lse2, w = _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, r0 + tl.arange(0, BR),
+                                                             row_start, B_rows, half_g)
             s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
                                                              s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
                                                              RAW)
