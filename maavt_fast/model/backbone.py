@@ -91,10 +91,12 @@ def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
     vit.load_state_dict(sd, strict=False)
 
 
-def check_state_dict_fits(module: torch.nn.Module, sd: dict[str, torch.Tensor], what: str,
-                          ignore: tuple[str, ...] = ()) -> None:
-    """Raise `WeightsError` naming every missing/unexpected key and shape mismatch of `sd` against `module`."""
-    own = {k: v for k, v in module.state_dict().items() if not k.startswith(ignore)} if ignore else module.state_dict()
+def check_state_dict_fits(expected: torch.nn.Module | dict[str, torch.Tensor], sd: dict[str, torch.Tensor],
+                          what: str, ignore: tuple[str, ...] = ()) -> None:
+    """Raise `WeightsError` naming every missing/unexpected key and shape mismatch of `sd` against `expected`
+    (a module's state dict, or a dict of the tensors it must hold); keys starting with `ignore` do not count."""
+    own = expected.state_dict() if isinstance(expected, torch.nn.Module) else expected
+    own = {k: v for k, v in own.items() if not k.startswith(ignore)} if ignore else own
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"

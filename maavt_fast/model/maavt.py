@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maavt_fast.config import BG_LABEL, ModelConfig
-from maavt_fast.model.backbone import build_vit, embed_patches, position_embedding
+from maavt_fast.model.backbone import build_vit, check_state_dict_fits, embed_patches, position_embedding
 from maavt_fast.model.blocks import Layout, resolve_backend, run_block, stream_views
 from maavt_fast.model.outputs import MAAVTOutput
 from maavt_fast.model.tokens import LearnableTokens
@@ -156,15 +156,8 @@ class MAAVT(nn.Module):
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
         """Strict: every trainable parameter, nothing else, matching shapes."""
-        from maavt_fast.model.backbone import WeightsError
-
         own = dict(self.named_trainable_parameters())
-        missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-        shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd
-                  and sd[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            raise WeightsError(f"trainable state does not fit the model: missing {missing}, unexpected {unexpected}, "
-                               f"shape mismatches {shapes}")
+        check_state_dict_fits(own, sd, "the trainable state")
         with torch.no_grad():
             for k, p in own.items():
                 p.copy_(sd[k])
