@@ -21,7 +21,6 @@ GEMM of each dtype every round (`e2e.interleaved.json`): on a shared machine, th
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import gc
 import itertools
@@ -147,13 +146,9 @@ def _phase(prefix: str, fn, case: Case, timing: Timing, device: torch.device) ->
     """The first call timed apart (it includes compilation), then `harness.measure` (warm-up excluded)."""
     first = _time_once(fn, device)
     m = harness.measure(fn, device, warmup=max(timing.warmup - 1, 0), repeats=timing.repeats)
-    peak = m.peak_bytes
-    if device.type == "cpu":  # glibc keeps freed heap: return it first, or the peak above the RSS reads ~0
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        peak = harness.peak_bytes(fn, device)
     return {f"{prefix}_ms": m.median_ms, f"{prefix}_p20_ms": m.p20_ms, f"{prefix}_p80_ms": m.p80_ms,
             f"{prefix}_samples_per_s": case.batch / m.median_ms * 1e3, f"{prefix}_first_call_s": first,
-            f"{prefix}_peak_mb": peak / 2 ** 20}
+            f"{prefix}_peak_mb": m.peak_bytes / 2 ** 20}
 
 
 @dataclass
