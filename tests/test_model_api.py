@@ -1,6 +1,7 @@
 """Parameter counts (spec §9), official checkpoints (Appendix A), trainable state and input errors."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -60,8 +61,10 @@ def _official_state_dict(model: MAAVT) -> dict[str, torch.Tensor]:
 
 
 def _save_official(model: MAAVT, path) -> None:
-    torch.save({"epoch": 3, "arch": "MA_AVT", "state_dict": _official_state_dict(model), "best_acc": 0.5,
-                "optimizer": {}, "scheduler": {"step_size": 15}, "history": []}, path)
+    """As the release saves it, numpy scalars in `best_acc`/`history` included (they must load data-only)."""
+    torch.save({"epoch": 3, "arch": "MA_AVT", "state_dict": _official_state_dict(model),
+                "best_acc": np.float64(0.5), "optimizer": {}, "scheduler": {"step_size": 15},
+                "history": {"val_acc": [np.float32(0.25), np.float64(0.5)], "conf": np.eye(2)}}, path)
 
 
 def test_official_checkpoint_round_trip_reproduces_reference(tmp_path):

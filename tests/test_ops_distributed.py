@@ -89,3 +89,71 @@ def test_gather_without_process_group_is_a_no_op(impl):
         pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
     assert not dist.is_initialized()
     torch.testing.assert_close(_step(_Heads(), impl, gather=True), _step(_Heads(), impl, gather=False))
+
+
+# --- gather=True inside torch.compile(fullgraph=True) -------------------------------------------------------------
+# The trainer compiles the whole step under DDP, so the all-gather (with its autograd) and the all-reduce of the
+# loss value must trace into the graph: they are functional collectives, so there is no graph break.
+
+def _features():
+    xa, xv, keep = _batch()  # (L, W*B_LOCAL, D) used directly as the features
+    temperature = torch.tensor([0.1, 0.07, 0.2])  # per-block (L,) and learnable
+    weights = torch.tensor([0.5, 1.0, 2.0])  # a different gradient for every block loss
+    return xa, xv, keep, temperature, weights
+
+
+def _contrastive(audio, visual, keep, temperature, impl, gather):
+    return blockwise_contrastive_loss(audio, visual, keep, temperature, reduction="none", impl=impl, gather=gather)
+
+
+def _loss_and_grads(fn, impl, rows=slice(None), gather=False):
+    xa, xv, keep, temperature, weights = _features()
+    leaves = [xa[:, rows].clone().requires_grad_(), xv[:, rows].clone().requires_grad_(),
+              temperature.requires_grad_()]
+    losses = fn(*leaves[:2], keep[rows], leaves[2], impl, gather)
+    (losses * weights).sum().backward()
+    return losses.detach(), [t.grad for t in leaves]
+
+
+def _compiled_rank(rank, port, impls, out_dir):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        results = {}
+        for impl in impls:
+            torch._dynamo.reset()
+            counter = CompileCounterWithBackend("inductor")  # the trainer's backend
+            fn = torch.compile(_contrastive, fullgraph=True, backend=counter)
+            results[impl] = _loss_and_grads(fn, impl, slice(rank * B_LOCAL, (rank + 1) * B_LOCAL), gather=True)
+            results[impl + ":graphs"] = counter.frame_count
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_under_compile_fullgraph_matches_single_process(tmp_path):
+    """Loss and the gradients of both ranks' features and of the temperature equal the eager full-batch ones.
+
+    Rank r differentiates W x its local share and the all-gather backward sums every rank's column gradients
+    onto their owner, so rank r's feature gradient is W x the full-batch gradient of its rows; its temperature
+    gradient is W x its local share's, so the rank mean (what DDP's average gives) is the full-batch gradient.
+    """
+    if kernel_device() is None:
+        pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
+    impls = ("torch", "triton")
+    mp.spawn(_compiled_rank, args=(_free_port(), impls, str(tmp_path)), nprocs=WORLD, join=True)
+    want_loss, (want_a, want_v, want_t) = _loss_and_grads(_contrastive, "torch")
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD)]
+    for impl in impls:
+        for rank, results in enumerate(ranks):
+            assert results[impl + ":graphs"] == 1, f"{impl}: the compiled loss was not one graph"
+            loss, (grad_a, grad_v, _) = results[impl]
+            rows = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+            torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5, msg=f"{impl} rank {rank} loss")
+            torch.testing.assert_close(grad_a / WORLD, want_a[:, rows], atol=1e-5, rtol=1e-5,
+                                       msg=f"{impl} rank {rank} audio")
+            torch.testing.assert_close(grad_v / WORLD, want_v[:, rows], atol=1e-5, rtol=1e-5,
+                                       msg=f"{impl} rank {rank} visual")
+        grad_t = torch.stack([results[impl][1][2] for results in ranks]).mean(0)
+        torch.testing.assert_close(grad_t, want_t, atol=1e-5, rtol=1e-5, msg=f"{impl} temperature")

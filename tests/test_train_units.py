@@ -177,6 +177,30 @@ def test_read_checkpoint_errors_name_the_problem(tmp_path):
         ckpt.restore_training(official, None, None, "official.pth.tar", None)
 
 
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that would create `marker` if a full unpickle ran it."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_files_are_read_data_only_and_code_in_them_never_runs(tmp_path):
+    from maavt_fast.model import WeightsError
+    from maavt_fast.model.backbone import read_state_dict
+
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3, "args": _RunsCodeWhenUnpickled(marker)},
+               tmp_path / "evil.pth.tar")
+    with pytest.raises(ckpt.CheckpointError, match=r"evil.pth.tar.*\((io|builtins)\.open\).*not loaded"):
+        ckpt.read_checkpoint(tmp_path / "evil.pth.tar")
+    with pytest.raises(WeightsError, match=r"evil.pth.tar.*\((io|builtins)\.open\)"):
+        read_state_dict(tmp_path / "evil.pth.tar")
+    assert not marker.exists()
+
+
 def test_rng_capture_restore_roundtrip():
     state = ckpt.capture_rng()
     a = torch.rand(3)

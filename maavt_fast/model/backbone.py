@@ -7,14 +7,17 @@ mechanism (hub or local cache) for the tag in `ModelConfig.vit`.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from maavt_fast.config import ModelConfig
+from maavt_fast.safe_load import load_data_only
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
             sd = load_file(str(path))
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = load_data_only(path)
     except Exception as e:  # corrupt or foreign files raise many different types
         raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
     for key in ("state_dict", "model"):
@@ -73,16 +76,39 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _jax_depth_and_width(path: Path) -> tuple[int, int | None]:
+    """Blocks and width of a JAX ViT `.npz`: numbered `encoderblock_{i}/...` keys (AugReg) or a stacked
+    `encoderblock/...` axis (big_vision); width None when the file has no `embedding/kernel`."""
+    with np.load(path) as npz:
+        numbered = {m[1] for k in npz.files if (m := re.search(r"encoderblock_(\d+)/", k))}
+        stacked = [npz[k].shape[0] for k in npz.files if k.endswith("encoderblock/LayerNorm_0/scale")]
+        width = [npz[k].shape[-1] for k in npz.files if k.endswith("embedding/kernel")]
+    return (stacked[0] if stacked else len(numbered)), (width[0] if width else None)
+
+
+def _load_jax_weights(vit: VisionTransformer, path: Path) -> None:
+    """timm's JAX loader, after checking the file's depth and width: timm fills the ViT's blocks and ignores
+    any further ones in the file, so a deeper checkpoint would otherwise load partially without a word."""
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist")
+    try:
+        depth, width = _jax_depth_and_width(path)
+    except Exception as e:  # not a zip, or a corrupt one
+        raise WeightsError(f"cannot load JAX weights {path}: not a readable .npz: {type(e).__name__}: {e}") from e
+    if width is not None and (depth, width) != (len(vit.blocks), vit.embed_dim):
+        raise WeightsError(f"JAX weights {path} hold {depth} blocks of width {width}; this ViT has "
+                           f"{len(vit.blocks)} blocks of width {vit.embed_dim}")
+    try:
+        vit.load_pretrained(str(path))
+    except Exception as e:
+        raise WeightsError(f"cannot load JAX weights {path} into this ViT: {type(e).__name__}: {e}") from e
+
+
 def load_vit_weights(vit: VisionTransformer, path: str | Path) -> None:
     """Load a local pretrained-ViT file into `vit`; errors name missing/unexpected keys and shape mismatches."""
     path = Path(path)
     if path.suffix == ".npz":
-        if not path.is_file():
-            raise WeightsError(f"weights file {path} does not exist")
-        try:
-            vit.load_pretrained(str(path))
-        except Exception as e:
-            raise WeightsError(f"cannot load JAX weights {path} into this ViT: {type(e).__name__}: {e}") from e
+        _load_jax_weights(vit, path)
         return
     sd = read_state_dict(path)
     sd = {k: v for k, v in sd.items() if not k.startswith(_IGNORED_PREFIXES)}

@@ -56,8 +56,14 @@ def official_to_state_dict(official: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def load_official_checkpoint(path: str | Path, model: MAAVT) -> None:
-    """Load an official checkpoint file into `model`; a clear error names every key/shape that does not fit."""
-    sd = official_to_state_dict(read_state_dict(path))
-    check_state_dict_fits(model, sd, f"official checkpoint {path}")
+def load_official_state_dict(official: dict[str, torch.Tensor], model: MAAVT, what: str) -> None:
+    """Load an official `state_dict` into `model`; a clear error (mentioning `what`) names every key/shape
+    that does not fit."""
+    sd = official_to_state_dict(official)
+    check_state_dict_fits(model, sd, what)
     model.load_state_dict(sd)
+
+
+def load_official_checkpoint(path: str | Path, model: MAAVT) -> None:
+    """Load an official checkpoint file into `model`."""
+    load_official_state_dict(read_state_dict(path), model, f"official checkpoint {path}")

@@ -6,12 +6,19 @@ sums the column gradients of every rank back onto their owner). The loss a rank 
 W times its local share, so that DistributedDataParallel's gradient average gives the gradient of the
 full-batch loss; its value is the full-batch loss itself (local shares summed over ranks).
 Every rank must hold the same number of rows B.
+
+The all-gather is the functional one (`torch.distributed._functional_collectives`), which Dynamo traces
+into the graph (fullgraph=True works) with its registered autograd (backward = reduce-scatter sum);
+`torch.distributed.nn.functional.all_gather` raises under torch.compile.
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
+import torch.distributed._functional_collectives as funcol
+
+# torch >= 2.14 names it all_gather_single_autograd (all_gather_tensor_autograd then warns in eager)
+_all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
 def gather_active() -> bool:
@@ -22,17 +29,17 @@ def gather_active() -> bool:
 def gather_features(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(L, B, P) x2 and keep (B,) -> global (L, W*B, P) x2 (with autograd), keep (W*B,), this rank's first row."""
-    L = audio.shape[0]
-    parts = dist_fn.all_gather(torch.cat([audio, visual]))  # W tensors (2L, B, P)
-    features = torch.cat(parts, dim=1)
-    keep_parts = [torch.empty_like(keep, dtype=torch.uint8) for _ in parts]
-    dist.all_gather(keep_parts, keep.to(torch.uint8))
-    return features[:L], features[L:], torch.cat(keep_parts).bool(), dist.get_rank() * audio.shape[1]
+    L, B, P = audio.shape
+    W, group = dist.get_world_size(), dist.group.WORLD
+    stacked = _all_gather(torch.cat([audio, visual]), 0, group)  # (W*2L, B, P), rank-major
+    features = stacked.view(W, 2 * L, B, P).transpose(0, 1).reshape(2 * L, W * B, P)
+    keep_all = _all_gather(keep.to(torch.uint8), 0, group).bool()  # (W*B,)
+    return features[:L], features[L:], keep_all, dist.get_rank() * B
 
 
 def global_loss(local: torch.Tensor) -> torch.Tensor:
     """Local share (L,) -> full-batch value (L,) whose gradient is W x the local one (see module doc)."""
     total = local.detach().clone()
-    dist.all_reduce(total)
+    dist.all_reduce(total)  # Dynamo traces it as the functional all_reduce
     scaled = local * dist.get_world_size()
     return scaled + (total - scaled.detach())

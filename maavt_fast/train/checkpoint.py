@@ -25,6 +25,7 @@ import torch
 
 import maavt_fast
 from maavt_fast.config import Config
+from maavt_fast.safe_load import load_data_only
 
 FORMAT = "maavt_fast.checkpoint"
 FORMAT_VERSION = 1
@@ -107,7 +108,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = load_data_only(path)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is reported with the file name
         raise CheckpointError(f"checkpoint {path} could not be read: {type(e).__name__}: {e}") from e
     if is_official(obj):
@@ -132,9 +133,9 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
 def load_weights(ckpt: dict, model, path: str | Path) -> None:
     """Load the weights of `ckpt` (either format; a stored backbone too) into the unwrapped `model`."""
     if is_official(ckpt):
-        from maavt_fast.model.official import load_official_checkpoint
+        from maavt_fast.model.official import load_official_state_dict
 
-        load_official_checkpoint(path, model)
+        load_official_state_dict(ckpt["state_dict"], model, f"official checkpoint {path}")
         return
     if "backbone" in ckpt:
         from maavt_fast.model.backbone import check_state_dict_fits
@@ -183,10 +184,9 @@ def restore_training(ckpt: dict, model, optimizer: torch.optim.Optimizer, path: 
 def convert(official_path: str | Path, out_path: str | Path, cfg: Config) -> Path:
     """Official `model_best.pth.tar` -> our weights-only format, for the model described by `cfg`."""
     from maavt_fast.model import MAAVT
-    from maavt_fast.model.official import load_official_checkpoint
-
-    if not is_official(read_checkpoint(official_path)):
+    official = read_checkpoint(official_path)
+    if not is_official(official):
         raise CheckpointError(f"{official_path} is not an official MA-AVT checkpoint (no `state_dict` key)")
     model = MAAVT(cfg.model)
-    load_official_checkpoint(official_path, model)
+    load_weights(official, model, official_path)
     return save_checkpoint(out_path, model=model, cfg=cfg, with_backbone=True)
