@@ -1,24 +1,33 @@
 # The two commands of the README: `make demo` and `make test`. Both create .venv on first use.
+# `make test-min` runs the same suite on the oldest supported torch/triton (requirements-min.txt, .venv-min).
 PY := .venv/bin/python
-STAMP := .venv/.installed
+TESTS = TRITON_INTERPRET=1 $(1)/bin/python -m pytest -q -m "not gpu" tests
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-min bench clean
 
-$(STAMP): requirements-ci.txt pyproject.toml
-	test -d .venv || python3 -m venv .venv
-	$(PY) -m pip install -q -r requirements-ci.txt
-	$(PY) -m pip install -q --no-deps -e .
-	touch $(STAMP)
+# venv DIR REQUIREMENTS: create DIR with REQUIREMENTS and this checkout installed editable
+define venv
+$(1)/.installed: $(2) pyproject.toml
+	test -d $(1) || python3 -m venv $(1)
+	$(1)/bin/python -m pip install -q -r $(2)
+	$(1)/bin/python -m pip install -q --no-deps -e .
+	touch $$@
+endef
+$(eval $(call venv,.venv,requirements-ci.txt))
+$(eval $(call venv,.venv-min,requirements-min.txt))
 
-demo: $(STAMP)
+demo: .venv/.installed
 	$(PY) -m maavt_fast demo --out demo_out
 
-test: $(STAMP)
-	TRITON_INTERPRET=1 $(PY) -m pytest -q -m "not gpu" tests
+test: .venv/.installed
+	$(call TESTS,.venv)
 
-bench: $(STAMP)
+test-min: .venv-min/.installed
+	$(call TESTS,.venv-min)
+
+bench: .venv/.installed
 	$(PY) -m maavt_fast bench ops
 	$(PY) -m maavt_fast bench e2e
 
 clean:
-	rm -rf .venv demo_out runs
+	rm -rf .venv .venv-min demo_out runs
