@@ -15,7 +15,7 @@ import torch
 
 from maavt_fast.config import Config
 from maavt_fast.train.checkpoint import load_weights, read_checkpoint
-from maavt_fast.train.distributed import DistInfo, setup, teardown
+from maavt_fast.train.distributed import DistInfo, process_group
 from maavt_fast.train.evaluate import EvalResult, evaluate, write_report
 from maavt_fast.train.logging_utils import say
 from maavt_fast.train.loop import (MakeLoader, Trainer, TrainResult, checkpoint_paths, peak_memory_mb,
@@ -93,42 +93,41 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
 def run_train(cfg: Config, resume: str | Path | None = None,
               test_split: str | None = "test") -> tuple[TrainResult, Report | None]:
     """Train per `cfg` (single process or under torchrun), then evaluate the best checkpoint on `test_split`."""
-    dist = setup(cfg.train.device)
-    try:
-        out_dir = Path(cfg.train.out_dir)
-        if dist.is_main:
-            write_config(cfg, out_dir)
-        model = build_model(cfg)
-        make_loader = loader_factory(cfg, dist)
-        trainer = Trainer(cfg, dist, model, make_loader)
-        if resume == "auto":
-            latest = checkpoint_paths(out_dir)[0]
-            resume = latest if latest.exists() else None
-        if resume is not None:
-            trainer.resume_from(resume)
-        result = trainer.fit()
-        final = None
-        if test_split is not None:
-            chosen = result.best or result.latest
-            load_weights(read_checkpoint(chosen), model, chosen)
-            say(f"evaluating {chosen} on the {test_split} split", dist.is_main)
-            final = report(cfg, dist, model, make_loader, test_split, out_dir / f"report_{test_split}")
-        return result, final
-    finally:
-        teardown()
+    with process_group(cfg.train.device) as dist:
+        return _fit_and_report(cfg, dist, resume, test_split)
+
+
+def _fit_and_report(cfg: Config, dist: DistInfo, resume: str | Path | None,
+                    test_split: str | None) -> tuple[TrainResult, Report | None]:
+    """The body of `run_train`; the trainer (and its DDP wrapper) dies with this frame, before the group."""
+    out_dir = Path(cfg.train.out_dir)
+    if dist.is_main:
+        write_config(cfg, out_dir)
+    model = build_model(cfg)
+    make_loader = loader_factory(cfg, dist)
+    trainer = Trainer(cfg, dist, model, make_loader)
+    if resume == "auto":
+        latest = checkpoint_paths(out_dir)[0]
+        resume = latest if latest.exists() else None
+    if resume is not None:
+        trainer.resume_from(resume)
+    result = trainer.fit()
+    final = None
+    if test_split is not None:
+        chosen = result.best or result.latest
+        load_weights(read_checkpoint(chosen), model, chosen)
+        say(f"evaluating {chosen} on the {test_split} split", dist.is_main)
+        final = report(cfg, dist, model, make_loader, test_split, out_dir / f"report_{test_split}")
+    return result, final
 
 
 def run_eval(cfg: Config, checkpoint: str | Path | None, split: str, out_dir: str | Path,
              n_attention: int = 8) -> Report:
     """Evaluate a checkpoint (ours or official; None = the untrained model) on `split`; write the report."""
-    dist = setup(cfg.train.device)
-    try:
+    with process_group(cfg.train.device) as dist, torch.no_grad():
         model = build_model(cfg)
         if checkpoint is not None:
             load_weights(read_checkpoint(checkpoint), model, checkpoint)
         if dist.is_main:
             write_config(cfg, out_dir)
-        with torch.no_grad():
-            return report(cfg, dist, model, loader_factory(cfg, dist), split, out_dir, n_attention)
-    finally:
-        teardown()
+        return report(cfg, dist, model, loader_factory(cfg, dist), split, out_dir, n_attention)
