@@ -21,8 +21,12 @@ def _checkout_kernels() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     path = os.path.join(os.path.dirname(here), "kernels")
     init = os.path.join(path, "__init__.py")
-    if os.path.isdir(os.path.join(here, "kernels")) or not os.path.isfile(init):
+    pyproject = os.path.join(os.path.dirname(here), "pyproject.toml")
+    if os.path.isdir(os.path.join(here, "kernels")) or not os.path.isfile(init) or not os.path.isfile(pyproject):
         return
+    with open(pyproject, encoding="utf-8") as f:
+        if 'name = "maavt_fast"' not in f.read():  # a kernels/ beside an install in site-packages is not ours
+            return
     name = __name__ + ".kernels"
 
     class CheckoutKernelsFinder:

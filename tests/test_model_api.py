@@ -87,6 +87,15 @@ def test_official_checkpoint_with_other_shapes_is_rejected_by_name(tmp_path):
         load_official_checkpoint(path, MAAVT(tiny_config().model))
 
 
+def test_official_checkpoint_without_a_state_dict_of_tensors_is_rejected_by_name(tmp_path):
+    from maavt_fast.train.checkpoint import load_weights, read_checkpoint
+
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 1, "state_dict": None}, path)
+    with pytest.raises(WeightsError, match="model_best.pth.tar does not hold a state dict of tensors"):
+        load_weights(read_checkpoint(path), MAAVT(tiny_config().model), path)
+
+
 def test_trainable_state_round_trip_and_errors():
     cfg = tiny_config()
     a, b = MAAVT(cfg.model), MAAVT(cfg.model)

@@ -194,7 +194,7 @@ def test_files_are_read_data_only_and_code_in_them_never_runs(tmp_path):
     marker = tmp_path / "code_ran"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "epoch": 3, "args": _RunsCodeWhenUnpickled(marker)},
                tmp_path / "evil.pth.tar")
-    with pytest.raises(ckpt.CheckpointError, match=r"evil.pth.tar.*\((io|builtins)\.open\).*not loaded"):
+    with pytest.raises(ckpt.CheckpointError, match=r"evil.pth.tar.*refuses \((io|builtins)\.open\).*never unpickles"):
         ckpt.read_checkpoint(tmp_path / "evil.pth.tar")
     with pytest.raises(WeightsError, match=r"evil.pth.tar.*\((io|builtins)\.open\)"):
         read_state_dict(tmp_path / "evil.pth.tar")
@@ -225,3 +225,31 @@ def test_run_logger_writes_json_lines_and_progress_line(tmp_path):
     line = progress.line(10, 0, 1.2345, 0.5, 1e-3, stats)
     assert "step  10/100" in line and "samples/s" in line and "ETA" in line
     assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05"
+
+
+def test_process_group_joins_nothing_in_a_single_process(monkeypatch):
+    from maavt_fast.train.distributed import process_group
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with process_group("cpu") as info:
+        assert (info.world_size, info.rank, info.device.type) == (1, 0, "cpu")
+        assert not torch.distributed.is_initialized()
+
+
+def test_process_group_leaves_a_group_the_caller_made(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    from maavt_fast.train.distributed import process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")  # as under a launcher whose caller already joined
+        with process_group("cpu") as info:
+            assert info.world_size == 2
+        assert dist.is_initialized()
+        with pytest.raises(RuntimeError, match="boom"), process_group("cpu"):
+            raise RuntimeError("boom")
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

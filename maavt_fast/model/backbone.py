@@ -68,12 +68,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = load_data_only(path)
     except Exception as e:  # corrupt or foreign files raise many different types
         raise WeightsError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+    return tensors_in(sd, f"weights file {path}")
+
+
+def tensors_in(obj: object, what: str) -> dict[str, torch.Tensor]:
+    """The state dict in a loaded file (inside a `state_dict` / `model` container if there is one); a
+    `WeightsError` mentioning `what` if it is not a dict of tensors."""
     for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsError(f"weights file {path} does not hold a state dict of tensors")
-    return sd
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{what} does not hold a state dict of tensors")
+    return obj
 
 
 def _jax_depth_and_width(path: Path) -> tuple[int, int | None]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from maavt_fast.model.backbone import WeightsError, check_state_dict_fits, read_state_dict
+from maavt_fast.model.backbone import WeightsError, check_state_dict_fits, read_state_dict, tensors_in
 from maavt_fast.model.maavt import MAAVT
 
 _RENAMES = (  # official prefix -> ours
@@ -56,10 +56,10 @@ def official_to_state_dict(official: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-def load_official_state_dict(official: dict[str, torch.Tensor], model: MAAVT, what: str) -> None:
-    """Load an official `state_dict` into `model`; a clear error (mentioning `what`) names every key/shape
-    that does not fit."""
-    sd = official_to_state_dict(official)
+def load_official_state_dict(official: dict, model: MAAVT, what: str) -> None:
+    """Load an official checkpoint dict (or its `state_dict`) into `model`; a clear error mentioning `what`
+    names every key/shape that does not fit."""
+    sd = official_to_state_dict(tensors_in(official, what))
     check_state_dict_fits(model, sd, what)
     model.load_state_dict(sd)
 

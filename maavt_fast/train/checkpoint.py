@@ -135,7 +135,7 @@ def load_weights(ckpt: dict, model, path: str | Path) -> None:
     if is_official(ckpt):
         from maavt_fast.model.official import load_official_state_dict
 
-        load_official_state_dict(ckpt["state_dict"], model, f"official checkpoint {path}")
+        load_official_state_dict(ckpt, model, f"official checkpoint {path}")
         return
     if "backbone" in ckpt:
         from maavt_fast.model.backbone import check_state_dict_fits
