@@ -23,9 +23,9 @@ class _NumpyDType:
     """Stand-in for `numpy.dtype(code, align, copy)` + its pickled state; `.dtype` is the real, plain dtype."""
 
     def __init__(self, code, align=False, copy=True):
-        if not (isinstance(code, str) and len(code) <= 3 and np.dtype(code).kind in _PLAIN_KINDS):
+        self.dtype = np.dtype(code) if isinstance(code, str) and len(code) <= 3 else None
+        if self.dtype is None or self.dtype.kind not in _PLAIN_KINDS:
             raise pickle.UnpicklingError(f"numpy dtype {code!r} is not a plain numeric dtype")
-        self.dtype = np.dtype(code)
 
     def __setstate__(self, state):
         byteorder, extra = state[1], state[2:5]  # (version, byteorder, subarray, names, fields, ...)
@@ -108,9 +108,10 @@ def load_data_only(path: str | Path) -> object:
                 unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
             except Exception:  # noqa: BLE001 - legacy (non-zip) files: torch's own message says enough
                 unsafe = ""
-            refused = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", str(e), re.S)
+            refused = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\n|$)", str(e), re.S)  # a stand-in's reason
+            reason = unsafe or (refused[1] if refused else e)
             raise UnsafeFileError(
-                f"{path} holds data this loader refuses ({unsafe or (refused[1] if refused else e)}): it reads tensors, containers, numbers, "
+                f"{path} holds data this loader refuses ({reason}): it reads tensors, containers, numbers, "
                 "strings and plain numeric numpy values, and never unpickles other objects, which could run "
                 "code. Only if you trust the file, load it with torch.load(..., weights_only=False) and save "
                 "its tensors again") from e

@@ -62,8 +62,9 @@ def process_group(requested_device: str = "auto") -> Iterator[DistInfo]:
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     try:
         yield DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
-        gc.collect()
-        barrier()
+        if joined:
+            gc.collect()
+            barrier()
     finally:
         if joined:
             dist.destroy_process_group()
