@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from maavt_fast.ops import blockwise_contrastive_loss, blockwise_projection
 from maavt_fast.ops._dispatch import kernel_device
+from maavt_fast.train.distributed import process_group
 
 WORLD = 2
 L, B_LOCAL, D, P = 3, 4, 12, 10
@@ -51,16 +52,21 @@ def _step(module, impl, rows=slice(None), gather=False):
     return losses.detach(), {name: p.grad.clone() for name, p in inner.named_parameters()}
 
 
-def _rank(rank, port, impls, out_dir):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        results = {}
-        for impl in impls:
-            model = DistributedDataParallel(_Heads())
-            results[impl] = _step(model, impl, slice(rank * B_LOCAL, (rank + 1) * B_LOCAL), gather=True)
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _in_group(rank, port, work, *args):
+    """Spawned rank: `work(rank, *args)` inside the trainer's `process_group` (gloo, env:// rendezvous), which
+    tears the group down cleanly once `work`'s frame, and any DDP wrapper in it, is gone."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    with process_group("cpu"):
+        work(rank, *args)
+
+
+def _rank(rank, impls, out_dir):
+    results = {}
+    for impl in impls:
+        model = DistributedDataParallel(_Heads())
+        results[impl] = _step(model, impl, slice(rank * B_LOCAL, (rank + 1) * B_LOCAL), gather=True)
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def _free_port() -> int:
@@ -73,7 +79,7 @@ def test_gather_matches_single_process(tmp_path):
     if kernel_device() is None:
         pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
     impls = ("torch", "triton")
-    mp.spawn(_rank, args=(_free_port(), impls, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_in_group, args=(_free_port(), _rank, impls, str(tmp_path)), nprocs=WORLD, join=True)
     for impl in impls:
         want_loss, want_grads = _step(_Heads(), "torch")
         for rank in range(WORLD):
@@ -115,21 +121,17 @@ def _loss_and_grads(fn, impl, rows=slice(None), gather=False):
     return losses.detach(), [t.grad for t in leaves]
 
 
-def _compiled_rank(rank, port, impls, out_dir):
+def _compiled_rank(rank, impls, out_dir):
     from torch._dynamo.testing import CompileCounterWithBackend
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        results = {}
-        for impl in impls:
-            torch._dynamo.reset()
-            counter = CompileCounterWithBackend("inductor")  # the trainer's backend
-            fn = torch.compile(_contrastive, fullgraph=True, backend=counter)
-            results[impl] = _loss_and_grads(fn, impl, slice(rank * B_LOCAL, (rank + 1) * B_LOCAL), gather=True)
-            results[impl + ":graphs"] = counter.frame_count
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    results = {}
+    for impl in impls:
+        torch._dynamo.reset()
+        counter = CompileCounterWithBackend("inductor")  # the trainer's backend
+        fn = torch.compile(_contrastive, fullgraph=True, backend=counter)
+        results[impl] = _loss_and_grads(fn, impl, slice(rank * B_LOCAL, (rank + 1) * B_LOCAL), gather=True)
+        results[impl + ":graphs"] = counter.frame_count
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 def test_gather_under_compile_fullgraph_matches_single_process(tmp_path):
@@ -142,7 +144,7 @@ def test_gather_under_compile_fullgraph_matches_single_process(tmp_path):
     if kernel_device() is None:
         pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
     impls = ("torch", "triton")
-    mp.spawn(_compiled_rank, args=(_free_port(), impls, str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_in_group, args=(_free_port(), _compiled_rank, impls, str(tmp_path)), nprocs=WORLD, join=True)
     want_loss, (want_a, want_v, want_t) = _loss_and_grads(_contrastive, "torch")
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD)]
     for impl in impls:
