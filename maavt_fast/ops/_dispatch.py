@@ -2,7 +2,7 @@
 
 Rule: `impl="auto"` runs Triton on CUDA tensors (when triton imports) whose inputs the kernel supports,
 and the reference otherwise; an unsupported input on CUDA (e.g. float64) is logged once per reason
-(logger `maavt_fast.ops`, level WARNING) before the reference runs. `"torch"` forces the reference;
+(logger `maavt_fast.ops`, level WARNING; eager calls only) before the reference runs. `"torch"` forces the reference;
 `"triton"` forces the kernels, which raise a clear error on inputs they do not support. The Triton
 kernels also run on CPU tensors when they were defined under `TRITON_INTERPRET=1` (set before
 `maavt_fast.kernels` is imported); that is how tests run them.
@@ -44,16 +44,14 @@ def unsupported_dtype(dtype: torch.dtype) -> str | None:
 
 
 def log_fallback(op: str, reason: str) -> None:
-    """Log once per (op, reason) that impl="auto" runs the reference. Under torch.compile it is replayed
-    after the graph (registered with Dynamo below), so compiled code logs it too, without a graph break."""
-    if (op, reason) in _LOGGED:
+    """Log once per (op, reason) that impl="auto" runs the reference. Not while torch.compile traces (a log
+    call there breaks the graph): compiled code falls back the same way, and its eager calls log it."""
+    if (op, reason) in _LOGGED or torch.compiler.is_compiling():
         return
     _LOGGED.add((op, reason))
     _LOG.warning("%s: the Triton kernel does not support %s; impl='auto' runs the PyTorch reference "
                  "(pass impl='torch' to choose it explicitly)", op, reason)
 
-
-torch._dynamo.config.reorderable_logging_functions.add(log_fallback)
 
 
 def all_on_cuda(tensors: tuple[torch.Tensor, ...]) -> bool:
