@@ -218,3 +218,26 @@ def test_modules_describe_themselves():
     assert ("temperature=0.1, normalize=True, reduction='mean', impl='torch', gather=False"
             in repr(BlockwiseContrastiveLoss(0.1, impl="torch")))
     assert "local_loss=True, gather_with_grad=True, rank=0, world_size=1" in repr(ClipLoss(True, True))
+
+
+@pytest.mark.gpu
+def test_dispatch_and_autocast_on_cuda(caplog, monkeypatch):
+    """On a real GPU: float64 falls back with one log line, fp32 under bf16 autocast runs the kernel in bf16."""
+    monkeypatch.setattr(_dispatch, "_LOGGED", set())
+    tensors = [t.cuda() for t in _attention_inputs(2, 3, 5, 32, torch.float64)]
+    audio, visual = (t.cuda() for t in _features(2, 6, 40, torch.float64))
+    before = LAUNCHES.copy()
+    with caplog.at_level(logging.WARNING, logger="maavt_fast.ops"):
+        group_attention(*tensors, 2)
+        blockwise_contrastive_loss(audio, visual)
+    assert LAUNCHES == before
+    assert len([r for r in caplog.records if r.name == "maavt_fast.ops"]) == 2
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = group_attention(*(t.float() for t in tensors), 2)
+        loss = blockwise_contrastive_loss(audio.float(), visual.float())
+    assert out.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert LAUNCHES["group_attention_fwd"] == before["group_attention_fwd"] + 1
+    assert LAUNCHES["contrastive_fwd"] == before["contrastive_fwd"] + 1
+    torch.testing.assert_close(out.double(), group_attention_reference(*(t.bfloat16().double() for t in tensors), 2),
+                               atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(loss.double(), blockwise_contrastive_loss_reference(audio, visual), atol=1e-5, rtol=1e-5)

@@ -161,3 +161,17 @@ def test_two_ranks_match_openclip(device, tmp_path):
             torch.testing.assert_close(text_grad / WORLD, want_text[rows], atol=1e-5, rtol=1e-5)
         scale_grad = torch.stack([results[i, impl][1][2] for results in ranks]).mean()
         torch.testing.assert_close(scale_grad, want_scale, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_one_process_on_cuda_matches_openclip():
+    """impl="auto" on CUDA runs the fused kernel and gives OpenCLIP's value and gradients."""
+    image, text = (t.cuda().requires_grad_() for t in _batch())
+    log_scale = torch.tensor(2.0, device="cuda", requires_grad=True)
+    before = LAUNCHES["contrastive_fwd"]
+    loss = ClipLoss()(image, text, log_scale.exp())
+    assert LAUNCHES["contrastive_fwd"] == before + 1
+    grads = torch.autograd.grad(loss, [image, text, log_scale])
+    want = _openclip_loss(image, text, log_scale.exp())
+    want_grads = torch.autograd.grad(want, [image, text, log_scale])
+    _assert_same((loss, grads), (want, want_grads), "cuda")
