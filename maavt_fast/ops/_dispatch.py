@@ -2,10 +2,10 @@
 
 Rule: `impl="auto"` runs Triton on CUDA tensors (when triton imports) whose inputs the kernel supports,
 and the reference otherwise; an unsupported input on CUDA (e.g. float64) is logged once per reason
-(logger `maavt_fast.ops`, level WARNING; eager calls only) before the reference runs. `"torch"` forces the reference;
-`"triton"` forces the kernels, which raise a clear error on inputs they do not support. The Triton
-kernels also run on CPU tensors when they were defined under `TRITON_INTERPRET=1` (set before
-`maavt_fast.kernels` is imported); that is how tests run them.
+(logger `maavt_fast.ops`, level WARNING; eager calls only) before the reference runs. `"torch"` forces
+the reference; `"triton"` forces the kernels, which raise a clear error on inputs they do not support.
+The Triton kernels also run on CPU tensors when they were defined under `TRITON_INTERPRET=1` (set
+before `maavt_fast.kernels` is imported); that is how tests run them.
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def log_fallback(op: str, reason: str) -> None:
                  "(pass impl='torch' to choose it explicitly)", op, reason)
 
 
-
 def all_on_cuda(tensors: tuple[torch.Tensor, ...]) -> bool:
+    """The device condition of impl="auto" (tests patch it to emulate CUDA in the interpreter)."""
     return all(t.is_cuda for t in tensors)
 
 
