@@ -88,6 +88,13 @@ def test_one_process_matches_openclip(device, impl, local_loss, gather_with_grad
     _assert_same(got, _value_and_grads(_openclip_loss), impl)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_compiles_as_one_graph(device, impl):
+    torch._dynamo.reset()
+    loss_fn = torch.compile(ClipLoss(impl=impl), fullgraph=True, backend="aot_eager")
+    _assert_same(_value_and_grads(loss_fn), _value_and_grads(_openclip_loss), f"compiled {impl}")
+
+
 def test_output_dict_and_float_logit_scale():
     image, text = _batch()
     out = ClipLoss()(image, text, 10.0, output_dict=True)
