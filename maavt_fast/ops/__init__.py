@@ -1,9 +1,10 @@
 """Drop-in fused ops: functional APIs, `torch.library` custom ops and `nn.Module` wrappers."""
+from maavt_fast.ops.clip_loss import ClipLoss
 from maavt_fast.ops.contrastive import (BlockwiseContrastiveLoss, blockwise_contrastive_loss,
                                         blockwise_contrastive_loss_reference, blockwise_projection)
 from maavt_fast.ops.group_attention import GroupAttention, group_attention, group_attention_reference
 
 __all__ = [
-    "BlockwiseContrastiveLoss", "blockwise_contrastive_loss", "blockwise_contrastive_loss_reference",
+    "BlockwiseContrastiveLoss", "ClipLoss", "blockwise_contrastive_loss", "blockwise_contrastive_loss_reference",
     "blockwise_projection", "GroupAttention", "group_attention", "group_attention_reference",
 ]

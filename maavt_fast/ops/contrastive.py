@@ -1,9 +1,11 @@
 """Blockwise contrastive loss (spec §4) over stacked per-block features.
 
-Shapes: audio, visual `(L, B, P)` (L blocks, B rows, P features); keep `(B,)` bool (False = background
-row, excluded from both sides). Value per block: symmetric InfoNCE of `visual @ audio.T / temperature`
-over the kept rows; `reduction="mean"` averages the L block losses, `"none"` returns them `(L,)`.
-The temperature is a float or a tensor of shape `()` or `(L,)` (then it can be learnable).
+Shapes: audio, visual `(L, B, P)` (L blocks, B rows, P features), or `(B, P)` for one block (the result
+is then that of `(1, B, P)` with the block axis squeezed); keep `(B,)` bool (False = background row,
+excluded from both sides). Value per block: symmetric InfoNCE of `visual @ audio.T / temperature` over the
+kept rows; `reduction="mean"` averages the L block losses, `"none"` returns them `(L,)`. The temperature
+is a float or a tensor of shape `()` or `(L,)` (then it can be learnable); `logit_scale` (OpenCLIP's
+multiplier, `1 / temperature`) can be given instead. The loss is computed in fp32 also under autocast.
 
 Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.contrastive`)
 behind the `torch.library` custom ops `maavt::blockwise_contrastive_fwd/_bwd`.
@@ -14,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from maavt_fast.ops import distributed
-from maavt_fast.ops._dispatch import load_kernels, use_triton
+from maavt_fast.ops._arguments import as_blocks, autocast_off, temperature_of
+from maavt_fast.ops._dispatch import load_kernels, unsupported_dtype, use_triton
 
 _KERNELS = load_kernels("contrastive")
 
@@ -69,8 +72,8 @@ def _check_inputs(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor 
                   temperature: float | torch.Tensor, reduction: str) -> None:
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    if audio.dim() != 3 or audio.shape != visual.shape:
-        raise ValueError(f"audio and visual must both be (L, B, P); got {tuple(audio.shape)} and {tuple(visual.shape)}")
+    if audio.shape != visual.shape:
+        raise ValueError(f"audio and visual must have one shape; got {tuple(audio.shape)} and {tuple(visual.shape)}")
     if keep is not None and (keep.shape != (audio.shape[1],) or keep.dtype != torch.bool):
         raise ValueError(f"keep must be a bool tensor of shape ({audio.shape[1]},); got {keep.dtype} {tuple(keep.shape)}")
     if keep is not None and keep.device != audio.device:
@@ -134,40 +137,66 @@ _fused_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None,
-                               temperature: float | torch.Tensor = 0.07, normalize: bool = True,
-                               reduction: str = "mean", impl: str = "auto", gather: bool = False) -> torch.Tensor:
-    """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton".
+                               temperature: float | torch.Tensor | None = None, normalize: bool = True,
+                               reduction: str = "mean", impl: str = "auto", gather: bool = False, *,
+                               logit_scale: float | torch.Tensor | None = None) -> torch.Tensor:
+    """Functional API: (L, B, P) or (B, P) features x2 -> loss (`reduction="none"`: (L,), or () for 2-D).
 
-    gather=True (with a process group of W > 1 ranks) scores the local rows against the features of
-    all ranks (see `maavt_fast.ops.distributed`); with one rank or no process group it changes nothing.
+    Give at most one of `temperature` (default 0.07 when neither is given) and `logit_scale` (a multiplier,
+    e.g. `log_scale.exp()`; gradients flow to a tensor); both must be finite and > 0 (a tensor's value is
+    checked only on CPU, to avoid a device sync per call). `impl` is "auto" (Triton on CUDA where the
+    kernel supports the inputs, else the reference), "torch" or "triton".
+
+    gather=True (with a process group of W > 1 ranks) is the local-loss formulation with gathered features
+    that carry gradients: each rank scores its own B rows against the features of all W*B rows, and the
+    all-gather's backward returns every rank's column gradients to their owner. The returned value is the
+    full-batch loss; the gradient is W x the local share, so after DistributedDataParallel's average the
+    step equals one process on the global batch (see `maavt_fast.ops.distributed`). Every rank must hold
+    the same B. With one rank or no process group it changes nothing.
     """
+    audio, visual, one_block = as_blocks(audio, visual)
+    temperature = temperature_of(temperature, logit_scale)
     _check_inputs(audio, visual, keep, temperature, reduction)
-    L, B, _ = audio.shape
+    B = audio.shape[1]
     keep = torch.ones(B, dtype=torch.bool, device=audio.device) if keep is None else keep.contiguous()
     gathered = gather and distributed.gather_active()
     row_start = 0
     if gathered:
         audio, visual, keep, row_start = distributed.gather_features(audio, visual, keep)
-    if use_triton(impl, "blockwise_contrastive_loss", _KERNELS, audio, visual):
-        temp = _temperature_tensor(temperature, L, audio.device)
-        per_block = _fused_forward(audio, visual, keep, temp, row_start, B, normalize)[0]
-    else:
-        per_block = blockwise_contrastive_loss_reference(audio, visual, keep, temperature, normalize, "none",
-                                                         row_start, B)
+    per_block = rows_loss(audio, visual, keep, temperature, normalize, impl, row_start, B)
     if gathered:
         per_block = distributed.global_loss(per_block)
-    return _reduce(per_block, reduction)
+    return _reduce(per_block.squeeze(0) if one_block else per_block, reduction)
+
+
+def rows_loss(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: float | torch.Tensor,
+              normalize: bool, impl: str, row_start: int, row_count: int) -> torch.Tensor:
+    """Per-block share (L,) of the loss rows `row_start : row_start + row_count`, divided by the kept count
+    of all B rows, on validated (L, B, P) inputs; dispatches to the kernel or the (fp32) reference."""
+    unsupported = unsupported_dtype(audio.dtype)
+    if use_triton(impl, "blockwise_contrastive_loss", _KERNELS, audio, visual, unsupported=unsupported):
+        temp = _temperature_tensor(temperature, audio.shape[0], audio.device)
+        return _fused_forward(audio, visual, keep, temp, row_start, row_count, normalize)[0]
+    with autocast_off(audio.device):
+        return blockwise_contrastive_loss_reference(audio, visual, keep, temperature, normalize, "none",
+                                                    row_start, row_count)
 
 
 class BlockwiseContrastiveLoss(torch.nn.Module):
-    """Module wrapper of `blockwise_contrastive_loss` with a fixed temperature: (L, B, P) x2, keep (B,) -> loss."""
+    """Module wrapper of `blockwise_contrastive_loss` with a fixed temperature:
+    (L, B, P) or (B, P) x2, keep (B,) -> loss."""
 
     def __init__(self, temperature: float = 0.07, normalize: bool = True, reduction: str = "mean",
                  impl: str = "auto", gather: bool = False):
         super().__init__()
+        temperature_of(temperature, None)  # validates it now rather than at the first call
         self.temperature, self.normalize, self.reduction = temperature, normalize, reduction
         self.impl, self.gather = impl, gather
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         return blockwise_contrastive_loss(audio, visual, keep, self.temperature, self.normalize, self.reduction,
                                           self.impl, self.gather)
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}, "
+                f"impl={self.impl!r}, gather={self.gather}")

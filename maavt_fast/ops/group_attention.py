@@ -3,6 +3,8 @@
 Shapes: x `(G, M, n, D)` — G groups with their own weights, M sequences per group, n tokens;
 qkv_weight `(G, 3D, D)`, qkv_bias `(G, 3D)`, proj_weight `(G, D, D)`, proj_bias `(G, D)`.
 Output `(G, M, n, D)` = per group `proj(softmax(q kᵀ / sqrt(D/heads)) v)`; no norm, no residual.
+All five tensors share one dtype; under autocast they are cast to its dtype first (like `nn.Linear`),
+so the output is e.g. bf16 under bf16 autocast, as `nn.MultiheadAttention`'s is.
 
 Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.group_attention`,
 n <= 64) behind the `torch.library` custom ops `maavt::group_attention_fwd/_bwd`.
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from maavt_fast.ops._dispatch import load_kernels, use_triton
+from maavt_fast.ops._arguments import check_same_dtype, follow_autocast
+from maavt_fast.ops._dispatch import load_kernels, unsupported_dtype, use_triton
 
 _KERNELS = load_kernels("group_attention")
 
@@ -82,11 +85,24 @@ _fused_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def group_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, proj_weight: torch.Tensor,
                     proj_bias: torch.Tensor, num_heads: int, impl: str = "auto") -> torch.Tensor:
-    """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton"."""
+    """Functional API; `impl` is "auto" (Triton on CUDA where the kernel supports the inputs, else the
+    reference), "torch" or "triton"."""
+    x, qkv_weight, qkv_bias, proj_weight, proj_bias = follow_autocast(x, qkv_weight, qkv_bias, proj_weight,
+                                                                      proj_bias)
+    check_same_dtype("group_attention", x=x, qkv_weight=qkv_weight, qkv_bias=qkv_bias, proj_weight=proj_weight,
+                     proj_bias=proj_bias)
     _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
-    if use_triton(impl, "group_attention", _KERNELS, x, qkv_weight, qkv_bias, proj_weight, proj_bias):
+    if use_triton(impl, "group_attention", _KERNELS, x, qkv_weight, qkv_bias, proj_weight, proj_bias,
+                  unsupported=_unsupported(x)):
         return _fused_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)[0]
     return group_attention_reference(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
+
+
+def _unsupported(x: torch.Tensor) -> str | None:
+    """Why the kernel cannot take `x` (G, M, n, D), or None."""
+    if _KERNELS is not None and x.shape[2] > _KERNELS.MAX_TOKENS:
+        return f"sequences of more than {_KERNELS.MAX_TOKENS} tokens"
+    return unsupported_dtype(x.dtype)
 
 
 class GroupAttention(torch.nn.Module):
@@ -105,3 +121,7 @@ class GroupAttention(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return group_attention(x, self.qkv_weight, self.qkv_bias, self.proj_weight, self.proj_bias, self.num_heads,
                                self.impl)
+
+    def extra_repr(self) -> str:
+        groups, dim = self.proj_weight.shape[:2]
+        return f"groups={groups}, dim={dim}, num_heads={self.num_heads}, impl={self.impl!r}"
