@@ -130,6 +130,11 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
     return Config.from_dict(ckpt["config"])
 
 
+def supplies_vit(ckpt: dict | None) -> bool:
+    """Whether loading `ckpt` sets the frozen ViT's weights (official files and converted ones hold it)."""
+    return ckpt is not None and (is_official(ckpt) or "backbone" in ckpt)
+
+
 def load_weights(ckpt: dict, model, path: str | Path) -> None:
     """Load the weights of `ckpt` (either format; a stored backbone too) into the unwrapped `model`."""
     if is_official(ckpt):
@@ -181,12 +186,18 @@ def restore_training(ckpt: dict, model, optimizer: torch.optim.Optimizer, path: 
     return LoopState(**ckpt["loop"])
 
 
-def convert(official_path: str | Path, out_path: str | Path, cfg: Config) -> Path:
-    """Official `model_best.pth.tar` -> our weights-only format, for the model described by `cfg`."""
-    from maavt_fast.model import MAAVT
-    official = read_checkpoint(official_path)
+def read_official(path: str | Path) -> dict:
+    """An official checkpoint file, or a `CheckpointError` saying the file is something else."""
+    official = read_checkpoint(path)
     if not is_official(official):
-        raise CheckpointError(f"{official_path} is not an official MA-AVT checkpoint (no `state_dict` key)")
-    model = MAAVT(cfg.model)
+        raise CheckpointError(f"{path} is not an official MA-AVT checkpoint (no `state_dict` key)")
+    return official
+
+
+def convert(official: dict, official_path: str | Path, out_path: str | Path, cfg: Config) -> Path:
+    """An official checkpoint (read by `read_official`) -> our weights-only format, for the model `cfg` describes."""
+    from maavt_fast.model import MAAVT
+
+    model = MAAVT(cfg.model, vit_weights_follow=True)
     load_weights(official, model, official_path)
     return save_checkpoint(out_path, model=model, cfg=cfg, with_backbone=True)

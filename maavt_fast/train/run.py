@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from maavt_fast.config import Config
-from maavt_fast.train.checkpoint import load_weights, read_checkpoint
+from maavt_fast.train.checkpoint import load_weights, read_checkpoint, supplies_vit
 from maavt_fast.train.distributed import DistInfo, process_group
 from maavt_fast.train.evaluate import EvalResult, evaluate, write_report
 from maavt_fast.train.logging_utils import say
@@ -53,12 +53,13 @@ def loader_factory(cfg: Config, dist: DistInfo) -> MakeLoader:
     return make
 
 
-def build_model(cfg: Config):
-    """A fresh `MAAVT` for `cfg.model`, initialised from `cfg.train.seed` (identical on every rank)."""
+def build_model(cfg: Config, vit_weights_follow: bool = False):
+    """A fresh `MAAVT` for `cfg.model`, initialised from `cfg.train.seed` (identical on every rank);
+    `vit_weights_follow`: a checkpoint supplies the frozen ViT next."""
     from maavt_fast.model import MAAVT
 
     seed_everything(cfg.train.seed)
-    return MAAVT(cfg.model)
+    return MAAVT(cfg.model, vit_weights_follow)
 
 
 def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: str, out_dir: str | Path,
@@ -125,9 +126,10 @@ def run_eval(cfg: Config, checkpoint: str | Path | None, split: str, out_dir: st
              n_attention: int = 8) -> Report:
     """Evaluate a checkpoint (ours or official; None = the untrained model) on `split`; write the report."""
     with process_group(cfg.train.device) as dist, torch.no_grad():
-        model = build_model(cfg)
-        if checkpoint is not None:
-            load_weights(read_checkpoint(checkpoint), model, checkpoint)
+        ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+        model = build_model(cfg, vit_weights_follow=supplies_vit(ckpt))
+        if ckpt is not None:
+            load_weights(ckpt, model, checkpoint)
         if dist.is_main:
             write_config(cfg, out_dir)
         return report(cfg, dist, model, loader_factory(cfg, dist), split, out_dir, n_attention)
