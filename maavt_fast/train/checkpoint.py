@@ -6,8 +6,8 @@ A checkpoint is a dict saved with `torch.save`:
     config          the resolved `Config.to_dict()`
     model           trainable parameters only (`MAAVT.trainable_state_dict()`); the frozen ViT comes
                     from `config.model` (random init or `model.weights`)
-    optimizer       Adam state (None in a converted, weights-only checkpoint)
-    loop            step, epoch, batch_in_epoch, best_acc, history (see `LoopState`)
+    optimizer       optimizer state (None in a converted, weights-only checkpoint)
+    loop            step, epoch, batch_in_epoch, best_acc, validations_since_best, history (see `LoopState`)
     rng             torch CPU (+ CUDA) and Python RNG states
 
 `save_checkpoint` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
@@ -43,6 +43,7 @@ class LoopState:
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
     best_acc: float = float("-inf")  # best validation accuracy so far
+    validations_since_best: int = 0  # validations since best_acc last improved (train.patience)
     history: list[dict] = field(default_factory=list)  # one record per log/validation event (for curves)
 
 
@@ -153,6 +154,7 @@ def load_weights(ckpt: dict, model, path: str | Path) -> None:
 # Fields a resumed run may change without leaving the uninterrupted run's trajectory.
 RESUMABLE_CHANGES = frozenset({"train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every",
                                "train.eval_every", "train.eval_batches", "train.out_dir", "train.device",
+                               "train.patience",
                                "data.root", "data.num_workers"})
 
 
