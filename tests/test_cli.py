@@ -113,7 +113,7 @@ def test_eval_our_checkpoint_writes_the_report(capsys, tmp_path, data_root):
     assert len(rows) == 1 + cfg.model.num_classes
     assert sum(int(x) for row in rows[1:] for x in row.split(",")[1:]) == 5
     html = (report / "attention" / "index.html").read_text()
-    assert html.count("<tr>") == 1 + 2 and (report / "attention" / "001_overlay.png").exists()
+    assert html.count("<tr>") == 1 + 2 and (report / "attention" / "001.png").exists()
     assert (report / "confusion_test.png").stat().st_size > 0 and str(report) in out
 
 

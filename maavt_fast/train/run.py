@@ -21,7 +21,7 @@ from maavt_fast.train.logging_utils import say
 from maavt_fast.train.loop import (MakeLoader, Trainer, TrainResult, checkpoint_paths, peak_memory_mb,
                                    seed_everything)
 from maavt_fast.train.step import choose_precision
-from maavt_fast.train.visualize import attention_gallery
+from maavt_fast.train.visualize import attention_gallery, gallery_batch
 
 
 @dataclass
@@ -80,10 +80,10 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
         names = class_names(cfg.data)
         paths = write_report(result, out_dir, split, names)
         if n_attention > 0:
-            batch = next(iter(loader)).to(dist.device)
+            batch = gallery_batch(loader, n_attention).to(dist.device)  # one clip per class where it can
             paths["attention"] = attention_gallery(model, batch, out_dir / "attention", names, cfg.data.image_mean,
                                                    cfg.data.image_std, limit=n_attention,
-                                                   autocast=precision.autocast(dist.device))
+                                                   autocast=precision.autocast(dist.device), audio_cfg=cfg.data.audio)
         m = result.metrics
         say(f"{split}: accuracy {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) on {m['samples']} samples, "
             f"loss {m['loss']:.4f}; {seconds:.1f} s ({m['samples'] / seconds:.1f} samples/s, {precision.name}), "
