@@ -30,8 +30,8 @@ VIT_SIZES = {s.width: s for s in (  # width -> the patch-16 ViT of that width
     VitSize("ViT-Small", "vit_small_patch16_224", 384, 12),
     VitSize("ViT-Base", "vit_base_patch16_224", 768, 12),
     VitSize("ViT-Large", "vit_large_patch16_224", 1024, 24))}
-_GROUPS = (("audio", "audio"), ("visual", "visual"), ("shared", "shared"))  # (ours, the file's prefix)
-_SINGLE_HEAD_MODES = ("blockwise_cmn", "final")
+_GROUPS = ("audio", "visual", "shared")  # token groups: `<group>_tokens`, `<group>_attn.*` in the file
+SINGLE_HEAD_MODES = ("blockwise_cmn", "final")
 
 
 @dataclass
@@ -47,8 +47,8 @@ class OfficialModel:
         """Whether the file fits `model.<name>=value` (one projection head fits both single-head modes)."""
         if name not in self.fields:
             return True
-        if name == "contrastive" and self.fields[name] in _SINGLE_HEAD_MODES:
-            return value in _SINGLE_HEAD_MODES
+        if name == "contrastive" and self.fields[name] in SINGLE_HEAD_MODES:
+            return value in SINGLE_HEAD_MODES
         if name == "depth":
             return (value or self.vit.blocks) == (self.fields[name] or self.vit.blocks)
         return value == self.fields[name]
@@ -130,14 +130,14 @@ def infer_official_model(official: dict, what: str) -> OfficialModel:
         raise fail(f"{have} without {lack}: the background token and its head come together")
     decide("bg_token", has_bg["bg_cls_token"], "bg_cls_token", "is there" if has_bg["bg_cls_token"] else "is absent")
 
-    present = {ours: f"{theirs}_tokens" in sd for ours, theirs in _GROUPS}
+    present = {g: f"{g}_tokens" in sd for g in _GROUPS}
     if present["audio"] != present["visual"]:
         have, lack = ("audio_tokens", "visual_tokens") if present["audio"] else ("visual_tokens", "audio_tokens")
         raise fail(f"{have} without {lack}: unimodal tokens come in pairs")
     for name, key, on in (("unimodal_tokens", "audio_tokens", present["audio"]),
                           ("shared_tokens", "shared_tokens", present["shared"])):
         decide(name, on, key, "is there" if on else "is absent")
-    groups = [theirs for ours, theirs in _GROUPS if present[ours]]
+    groups = [g for g in _GROUPS if present[g]]
     with_lsa = [g for g in groups if f"{g}_attn.qkv.weight" in sd]
     if with_lsa and with_lsa != groups:
         lack = [f"{g}_attn" for g in groups if g not in with_lsa]
@@ -145,13 +145,12 @@ def infer_official_model(official: dict, what: str) -> OfficialModel:
                    "LSA is all or nothing")
     if groups:
         decide("lsa", bool(with_lsa), f"{groups[0]}_attn.*", "is there" if with_lsa else "is absent")
-    for ours, theirs in _GROUPS:
-        if present[ours]:
-            tokens = sd[f"{theirs}_tokens"]
-            decide(f"n_{ours}_tokens", tokens.shape[0], f"{theirs}_tokens", f"is {_shape(tokens)}")
-            widths[f"{theirs}_tokens"] = width
-            if with_lsa:
-                widths[f"{theirs}_attn.qkv.weight"] = width
+    for g in groups:
+        tokens = sd[f"{g}_tokens"]
+        decide(f"n_{g}_tokens", tokens.shape[0], f"{g}_tokens", f"is {_shape(tokens)}")
+        widths[f"{g}_tokens"] = width
+        if with_lsa:
+            widths[f"{g}_attn.qkv.weight"] = width
 
     heads = {name: _numbered(sd, name) for name in ("audio_proj", "vis_proj")}
     single = {name: f"{name}.weight" in sd for name in heads}
@@ -165,7 +164,7 @@ def infer_official_model(official: dict, what: str) -> OfficialModel:
         decide("contrastive", "blockwise_sep", "audio_proj.<i>", f"holds {blocks} per-block heads")
         head = "audio_proj.0.weight"
     elif single["audio_proj"]:
-        decide("contrastive", _SINGLE_HEAD_MODES[0], "audio_proj.weight", "is one head (blockwise_cmn or final)")
+        decide("contrastive", SINGLE_HEAD_MODES[0], "audio_proj.weight", "is one head (blockwise_cmn or final)")
         head = "audio_proj.weight"
     else:
         decide("contrastive", "none", "audio_proj", "is absent")

@@ -10,10 +10,9 @@ import dataclasses
 from pathlib import Path
 
 from maavt_fast.config import AudioConfig, Config, apply_overrides, preset
-from maavt_fast.model.official_infer import describe, infer_official_model
+from maavt_fast.model.official_infer import SINGLE_HEAD_MODES, describe, infer_official_model
 
 PRESET_BY_CLASSES = {309: "vggsound", 6: "cremad", 28: "ave"}
-_SINGLE_HEAD_MODES = ("blockwise_cmn", "final")
 
 
 def fit_spectrogram(audio: AudioConfig, img_size: int) -> AudioConfig:
@@ -45,8 +44,8 @@ def config_for_official(official: dict, path: str | Path, base: Config | None,
             notes.append(f"data.audio.n_fft={audio.n_fft}, data.audio.hop={audio.hop}: "
                          f"{fields['img_size']}x{fields['img_size']} spectrograms for the file's input size")
             base = dataclasses.replace(base, data=dataclasses.replace(base.data, audio=audio))
-    if fields["contrastive"] in _SINGLE_HEAD_MODES:
-        if base.model.contrastive in _SINGLE_HEAD_MODES:
+    if fields["contrastive"] in SINGLE_HEAD_MODES:
+        if base.model.contrastive in SINGLE_HEAD_MODES:
             fields["contrastive"] = base.model.contrastive
         notes.append(f"one projection head: contrastive {fields['contrastive']} assumed (the file cannot tell "
                      "blockwise_cmn from final; --model.contrastive chooses; only the eval loss differs)")
