@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", formatter_class=fmt, epilog=fields_help, help="accuracy report of a checkpoint",
                        description="Evaluate a checkpoint (ours, or an official model_best.pth.tar: its model is "
-                                   "read from the file): overall and per-class accuracy, confusion matrix (CSV, PNG), attention maps.")
+                                   "read from the file): overall and per-class accuracy, confusion matrix (CSV, "
+                                   "PNG), attention maps.")
     p.add_argument("--checkpoint", required=True, help="our .pt checkpoint or an official .pth.tar")
     _add_config_args(p)
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")

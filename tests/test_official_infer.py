@@ -94,7 +94,7 @@ def test_final_and_blockwise_cmn_look_alike_and_the_config_chooses(tmp_path):
 
 
 def test_convert_and_eval_a_full_vit_tiny_without_model_flags(tmp_path, data_root, capsys, caplog):
-    source, path = _official_file(tmp_path, _model_config(depth=None))
+    _, path = _official_file(tmp_path, _model_config(depth=None))
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         code, out, err = run_main(["convert", "--official", path, "--out", tmp_path / "ours.pt"], capsys)
