@@ -105,9 +105,10 @@ def infer_official_model(official: dict, what: str) -> OfficialModel:
     if tuple(patch.shape) != (width, 3, PATCH, PATCH):
         raise fail(f"ViT.v.patch_embed.proj.weight is {_shape(patch)}: patch {patch.shape[-1]}; only patch-{PATCH} "
                    "ViTs on RGB input are supported")
-    blocks = len(_numbered(sd, "ViT.v.blocks"))
-    if _numbered(sd, "ViT.v.blocks") != list(range(blocks)) or blocks == 0:
-        raise fail(f"ViT.v.blocks.<i> numbered {_numbered(sd, 'ViT.v.blocks')[:6]}: expected 0..L-1")
+    numbers = _numbered(sd, "ViT.v.blocks")
+    blocks = len(numbers)
+    if numbers != list(range(blocks)) or blocks == 0:
+        raise fail(f"ViT.v.blocks.<i> numbered {numbers[:6]}: expected 0..L-1")
     if blocks > size.blocks:
         raise fail(f"ViT.v.blocks.0..{blocks - 1}: {blocks} blocks of width {width}, but a {size.name} has "
                    f"{size.blocks}")
