@@ -119,8 +119,11 @@ def cmd_eval(args, overrides) -> int:
     from maavt_fast.train.run import run_eval
 
     ckpt = read_checkpoint(args.checkpoint)
-    fallback = None if is_official(ckpt) or args.preset or args.config else checkpoint_config(ckpt, args.checkpoint)
-    cfg = resolve_config(args, overrides, fallback)
+    if is_official(ckpt):
+        cfg = official_config(args, overrides, ckpt, args.checkpoint)
+    else:
+        fallback = None if args.preset or args.config else checkpoint_config(ckpt, args.checkpoint)
+        cfg = resolve_config(args, overrides, fallback)
     out = args.out or str(Path(args.checkpoint).resolve().parent.parent / f"eval_{args.split}")
     rep = run_eval(cfg, args.checkpoint, args.split, out, n_attention=args.attention)
     for name, path in rep.paths.items():
@@ -148,11 +151,22 @@ def cmd_prepare(args, overrides) -> int:
     return 1 if summary.failed else 0
 
 
-def cmd_convert(args, overrides) -> int:
-    from maavt_fast.train.checkpoint import convert
+def official_config(args, overrides, ckpt: dict, path: str) -> Config:
+    """The model read from an official checkpoint; the rest from --preset/--config (or the file's dataset)."""
+    from maavt_fast.train.official_config import config_for_official
 
-    cfg = resolve_config(args, overrides)
-    path = convert(args.official, args.out, cfg)
+    base = resolve_config(args, {}) if args.preset or args.config else None
+    cfg, lines = config_for_official(ckpt, path, base, overrides)
+    print("\n".join(lines), flush=True)
+    return cfg
+
+
+def cmd_convert(args, overrides) -> int:
+    from maavt_fast.train.checkpoint import convert, read_official
+
+    official = read_official(args.official)
+    cfg = official_config(args, overrides, official, args.official)
+    path = convert(official, args.official, args.out, cfg)
     print(f"converted {args.official} -> {path} (weights only; use with maavt eval --checkpoint {path})")
     return 0
 
@@ -216,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", formatter_class=fmt, epilog=fields_help, help="accuracy report of a checkpoint",
-                       description="Evaluate a checkpoint (ours, or an official model_best.pth.tar with --preset): "
-                                   "overall and per-class accuracy, confusion matrix (CSV, PNG), attention maps.")
+                       description="Evaluate a checkpoint (ours, or an official model_best.pth.tar: its model is "
+                                   "read from the file): overall and per-class accuracy, confusion matrix (CSV, "
+                                   "PNG), attention maps.")
     p.add_argument("--checkpoint", required=True, help="our .pt checkpoint or an official .pth.tar")
     _add_config_args(p)
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")
@@ -243,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", formatter_class=fmt, epilog=fields_help,
                        help="official model_best.pth.tar -> our checkpoint format",
-                       description="Load an official checkpoint into the model --preset/overrides describe "
-                                   "and save it in our (weights-only) format.")
+                       description="Read the model of an official checkpoint from the file (data and training "
+                                   "settings from --preset/--config, else its dataset's preset) and save it in our "
+                                   "(weights-only) format.")
     p.add_argument("--official", required=True, help="official checkpoint (.pth.tar)")
     p.add_argument("--out", required=True, help="output .pt path")
     _add_config_args(p)

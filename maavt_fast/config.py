@@ -197,8 +197,14 @@ class TrainConfig:
     batch_size: int = option(256, "global batch size, split evenly over the ranks")
     epochs: int = option(50, "passes over the training split")
     max_steps: int | None = option(None, "stop after this many optimizer steps (None: run all epochs)")
-    lr: float = option(1e-4, "peak learning rate of Adam (betas 0.9, 0.999)")
-    weight_decay: float = option(0.0, "Adam L2 weight decay")
+    optimizer: str = option("adam", "adam: the release's (weight_decay as L2 on the gradient); adamw: decoupled "
+                            "weight decay; both betas 0.9, 0.999", ("adam", "adamw"))
+    lr: float = option(1e-4, "peak learning rate")
+    weight_decay: float = option(0.0, "weight decay (adam: L2 added to the gradient; adamw: decoupled)")
+    clip_grad_norm: float | None = option(None, "clip the total gradient L2 norm to this (None: no clipping); "
+                                                "the norm before clipping is logged as grad_norm")
+    patience: int | None = option(None, "stop after this many validations without a higher val accuracy "
+                                        "(None: run all epochs); `best` keeps the best model")
     schedule: str = option("constant", "learning-rate schedule after warm-up", ("constant", "cosine", "step"))
     warmup_epochs: float = option(0.0, "linear warm-up length in (fractional) epochs")
     step_epochs: int = option(15, "schedule=step: multiply the lr by step_gamma every this many epochs")
@@ -221,11 +227,13 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_batches"):
+        for name in ("max_steps", "eval_batches", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1 or None, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ConfigError(f"train.clip_grad_norm must be > 0 or None, got {self.clip_grad_norm}")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_mod_alpha < 0:
             raise ConfigError("train.weight_decay, train.warmup_epochs and train.grad_mod_alpha must be >= 0")
 

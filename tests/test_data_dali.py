@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from test_data_media import one_thread, tiny_ave, tiny_cremad, tiny_csv, tiny_vggsound  # noqa: F401 (fixture)
+from test_data_media import (csv_manifest, one_thread, tiny_ave, tiny_cremad, tiny_csv,  # noqa: F401 (fixture)
+                             tiny_vggsound, write_video, write_wav)
 
 from maavt_fast.data import build_loader
 from maavt_fast.data.audio import clipped_window, hann
@@ -141,3 +142,23 @@ def test_bad_files_on_dali_are_named_or_skipped(vgg, tmp_path):
     assert err.value.path == str(frame)
     loader = build_loader(dataclasses.replace(cfg, skip_bad=True), "test", 32, 3, seed=1)
     assert sum(len(b) for b in loader) == 5 and loader.skipped == 1
+
+
+def test_h264_on_the_cpu_decoder_is_refused_when_the_loader_is_built(tmp_path):
+    """DALI's CPU video decoder cannot decode H.264: said in one line before the first batch, with the way out."""
+    from maavt_fast.data import DataError
+
+    cfg = tiny_csv(tmp_path / "webm", n=1, videos=True)
+    rows = []
+    for i, split in enumerate(("train", "test", "test")):
+        write_video(tmp_path / "mp4" / f"c{i}.mp4", seconds=2, fps=4, seed=i)
+        write_wav(tmp_path / "mp4" / f"c{i}.wav", seed=i)
+        rows.append((split, f"c{i}.mp4", f"c{i}.wav", f"class{i % 2}"))
+    csv_manifest(tmp_path / "mp4", rows)
+    mp4 = dataclasses.replace(cfg, root=str(tmp_path / "mp4"), decode="dali")
+    with pytest.raises(DataError) as err:
+        build_loader(mp4, "test", 32, batch_size=2, seed=1)  # built, not iterated
+    assert str(err.value) == (f"{tmp_path / 'mp4' / 'c1.mp4'}: DALI's CPU video decoder cannot decode H.264 (h264) "
+                              "video: use --data.decode cpu, or decode on a GPU")
+    assert len(list(build_loader(dataclasses.replace(mp4, decode="cpu"), "test", 32, batch_size=2, seed=1))) == 1
+    assert len(load(cfg, "dali", batch_size=2)) == 1  # VP9 (.webm) decodes on the CPU

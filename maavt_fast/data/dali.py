@@ -7,6 +7,8 @@ with device_id=None) or fn.decoders.video (raw-video mode), fn.resize with the p
 fn.crop_mirror_normalize (flip, normalise, HWC -> CHW), fn.spectrogram -> log -> per-clip
 standardisation. The batches of a rank are exactly the CPU loader's (same keys), so sharding, resume
 and the last-batch policy (drop_last, or padding with valid=False) are shared with loader.py.
+On the CPU (device_id=None) videos in codecs DALI's CPU decoder cannot read (H.264, HEVC, MPEG-4) are
+refused when the loader is built, not on the first batch.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from maavt_fast.data.dataset import ClipDataset
 from maavt_fast.data.errors import DataError, require_file
 from maavt_fast.data.image import image_size
 from maavt_fast.data.loader import Batch, Loader
+from maavt_fast.data.video import open_video
 
 
 _END_MARKERS = {b"\xff\xd8": (b"\xff\xd9", 64), b"\x89P": (b"IEND", 16)}  # JPEG, PNG: (end marker, within)
@@ -33,6 +36,37 @@ def _bytes(path, kind: str) -> np.ndarray:
         if marker not in data[-within:].tobytes():
             raise DataError(path, "corrupt or truncated image (no end marker)")
     return data
+
+
+# Codecs DALI's CPU video decoder refuses ("Codec 27 (h264) is not supported by the CPU variant"; DALI 2.4,
+# checked for h264, hevc, mpeg4 refused and vp8, vp9, mjpeg decoded); its GPU decoder (NVDEC) reads them.
+CPU_UNDECODABLE = {"h264": "H.264", "hevc": "HEVC", "mpeg4": "MPEG-4 Part 2"}
+
+
+def video_codec(path) -> str | None:
+    """FFmpeg's name of the codec of a video's first video stream; None for a file that cannot be opened
+    (the loader reports it, or skips it with skip_bad, when it gets there)."""
+    try:
+        container = open_video(path)
+    except DataError:
+        return None
+    try:
+        return container.streams.video[0].codec_context.name
+    finally:
+        container.close()
+
+
+def check_cpu_decodable(videos: list) -> None:
+    """DataError, before any batch, if a video (the first of each file suffix) is in a codec DALI's CPU decoder
+    cannot decode, saying the way out."""
+    first_by_suffix: dict[str, object] = {}
+    for path in videos:
+        first_by_suffix.setdefault(path.suffix.lower(), path)
+    for path in first_by_suffix.values():
+        codec = video_codec(path)
+        if codec in CPU_UNDECODABLE:
+            raise DataError(path, f"DALI's CPU video decoder cannot decode {CPU_UNDECODABLE[codec]} ({codec}) "
+                                  "video: use --data.decode cpu, or decode on a GPU")
 
 
 class HostSource:
@@ -168,6 +202,8 @@ class DaliLoader(Loader):
         self.video_mode = bool(clips) and clips[0].is_video
         if any(c.is_video != self.video_mode for c in clips):
             raise DataError(dataset.cfg.root, "the DALI path needs all clips to be videos, or all frame folders")
+        if self.video_mode and device_id is None:
+            check_cpu_decodable([c.visual for c in clips])
 
     def __iter__(self):
         batches = self.batch_keys()

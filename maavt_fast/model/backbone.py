@@ -29,8 +29,9 @@ class WeightsError(ValueError):
     """A weights file that is missing, unreadable or does not fit the chosen ViT."""
 
 
-def build_vit(cfg: ModelConfig) -> VisionTransformer:
-    """timm ViT without its head, every parameter frozen, weights per `cfg.weights`."""
+def build_vit(cfg: ModelConfig, weights_follow: bool = False) -> VisionTransformer:
+    """timm ViT without its head, every parameter frozen, weights per `cfg.weights`; `weights_follow`: a
+    checkpoint will supply them (no warning about a random init)."""
     kwargs = dict(num_classes=0, img_size=cfg.img_size)
     if cfg.depth is not None:
         kwargs["depth"] = cfg.depth
@@ -46,7 +47,7 @@ def build_vit(cfg: ModelConfig) -> VisionTransformer:
     if vit.reg_token is not None or vit.no_embed_class or vit.global_pool != "token":
         raise ValueError(f"model.vit={cfg.vit!r}: only class-token ViTs without register tokens are supported")
     vit.patch_embed.strict_img_size = False
-    if cfg.weights is None and cfg.depth is None:
+    if cfg.weights is None and cfg.depth is None and not weights_follow:
         log.warning("model.weights is not set: the frozen %s is randomly initialised (right for tests and "
                     "benchmarks, not for training on real data)", cfg.vit)
     if cfg.weights not in (None, "timm"):

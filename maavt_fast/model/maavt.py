@@ -44,13 +44,16 @@ class BlockProjection(nn.Module):
 
 
 class MAAVT(nn.Module):
-    """Frozen timm ViT shared by audio and visual streams + trainable tokens, LSA and heads."""
+    """Frozen timm ViT shared by audio and visual streams + trainable tokens, LSA and heads.
 
-    def __init__(self, cfg: ModelConfig):
+    `vit_weights_follow`: the caller loads the ViT's weights from a checkpoint next (no random-init warning).
+    """
+
+    def __init__(self, cfg: ModelConfig, vit_weights_follow: bool = False):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.vit = build_vit(cfg)
+        self.vit = build_vit(cfg, vit_weights_follow)
         dim, depth = self.vit.embed_dim, len(self.vit.blocks)
         self.vit.cls_token.requires_grad_(cfg.parity)  # the release trains the ViT CLS token (spec §2.4)
         self.tokens = LearnableTokens(cfg, dim)

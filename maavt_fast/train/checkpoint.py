@@ -6,8 +6,8 @@ A checkpoint is a dict saved with `torch.save`:
     config          the resolved `Config.to_dict()`
     model           trainable parameters only (`MAAVT.trainable_state_dict()`); the frozen ViT comes
                     from `config.model` (random init or `model.weights`)
-    optimizer       Adam state (None in a converted, weights-only checkpoint)
-    loop            step, epoch, batch_in_epoch, best_acc, history (see `LoopState`)
+    optimizer       optimizer state (None in a converted, weights-only checkpoint)
+    loop            step, epoch, batch_in_epoch, best_acc, validations_since_best, history (see `LoopState`)
     rng             torch CPU (+ CUDA) and Python RNG states
 
 `save_checkpoint` writes to a temporary file in the same directory, fsyncs it and `os.replace`s it
@@ -43,6 +43,7 @@ class LoopState:
     epoch: int = 0  # current epoch (0-based)
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
     best_acc: float = float("-inf")  # best validation accuracy so far
+    validations_since_best: int = 0  # validations since best_acc last improved (train.patience)
     history: list[dict] = field(default_factory=list)  # one record per log/validation event (for curves)
 
 
@@ -130,6 +131,11 @@ def checkpoint_config(ckpt: dict, path: str | Path) -> Config:
     return Config.from_dict(ckpt["config"])
 
 
+def supplies_vit(ckpt: dict | None) -> bool:
+    """Whether loading `ckpt` sets the frozen ViT's weights (official files and converted ones hold it)."""
+    return ckpt is not None and (is_official(ckpt) or "backbone" in ckpt)
+
+
 def load_weights(ckpt: dict, model, path: str | Path) -> None:
     """Load the weights of `ckpt` (either format; a stored backbone too) into the unwrapped `model`."""
     if is_official(ckpt):
@@ -148,6 +154,7 @@ def load_weights(ckpt: dict, model, path: str | Path) -> None:
 # Fields a resumed run may change without leaving the uninterrupted run's trajectory.
 RESUMABLE_CHANGES = frozenset({"train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every",
                                "train.eval_every", "train.eval_batches", "train.out_dir", "train.device",
+                               "train.patience",
                                "data.root", "data.num_workers"})
 
 
@@ -181,12 +188,18 @@ def restore_training(ckpt: dict, model, optimizer: torch.optim.Optimizer, path: 
     return LoopState(**ckpt["loop"])
 
 
-def convert(official_path: str | Path, out_path: str | Path, cfg: Config) -> Path:
-    """Official `model_best.pth.tar` -> our weights-only format, for the model described by `cfg`."""
-    from maavt_fast.model import MAAVT
-    official = read_checkpoint(official_path)
+def read_official(path: str | Path) -> dict:
+    """An official checkpoint file, or a `CheckpointError` saying the file is something else."""
+    official = read_checkpoint(path)
     if not is_official(official):
-        raise CheckpointError(f"{official_path} is not an official MA-AVT checkpoint (no `state_dict` key)")
-    model = MAAVT(cfg.model)
+        raise CheckpointError(f"{path} is not an official MA-AVT checkpoint (no `state_dict` key)")
+    return official
+
+
+def convert(official: dict, official_path: str | Path, out_path: str | Path, cfg: Config) -> Path:
+    """An official checkpoint (read by `read_official`) -> our weights-only format, for the model `cfg` describes."""
+    from maavt_fast.model import MAAVT
+
+    model = MAAVT(cfg.model, vit_weights_follow=True)
     load_weights(official, model, official_path)
     return save_checkpoint(out_path, model=model, cfg=cfg, with_backbone=True)

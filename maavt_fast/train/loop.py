@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from maavt_fast.config import Config, ConfigError
 from maavt_fast.train.checkpoint import LoopState, read_checkpoint, restore_training, save_checkpoint
 from maavt_fast.train.distributed import DistInfo, all_reduce_sum, barrier
+from maavt_fast.train.early_stop import patience_spent, record_validation, stop_message
 from maavt_fast.train.evaluate import EvalResult, evaluate
 from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration, say
 from maavt_fast.train.metrics import summarize
@@ -117,7 +118,7 @@ class Trainer:
         self.latest_path, self.best_path = checkpoint_paths(self.out_dir)
         self.model = model.to(dist.device)
         self.precision = choose_precision(tc.precision, dist.device)
-        self.optimizer = build_optimizer(self.model, tc.lr, tc.weight_decay, dist.device)
+        self.optimizer = build_optimizer(self.model, tc.lr, tc.weight_decay, dist.device, tc.optimizer)
         self.loop = LoopState()
         self.logger = RunLogger(self.out_dir, enabled=dist.is_main)
         self.steps_per_epoch = len(make_loader("train", 0, 0))
@@ -144,7 +145,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         tc, dist, loop = self.cfg.train, self.dist, self.loop
         step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
-                            tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile, seed=tc.seed)
+                            tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile, seed=tc.seed,
+                            clip_grad_norm=tc.clip_grad_norm)
         if loop.step == 0:
             self.logger.reset()  # a fresh run in an existing folder starts a new log; a resumed one appends
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
@@ -157,7 +159,7 @@ class Trainer:
         progress = Progress(self.total_steps, tc.batch_size, loop.step)
         window, started, first_step = _Window(), time.perf_counter(), loop.step
         lr = lr_at(loop.step, tc, self.steps_per_epoch)
-        while loop.step < self.total_steps and loop.epoch < tc.epochs:
+        while loop.step < self.total_steps and loop.epoch < tc.epochs and not patience_spent(tc.patience, loop):
             train_batches = self.make_loader("train", loop.epoch, loop.batch_in_epoch)
             for batch in train_batches:
                 batch = batch.to(dist.device)
@@ -203,7 +205,9 @@ class Trainer:
         record = {"event": "train", "step": loop.step, "epoch": loop.epoch, "lr": lr, **stats, **speed}
         loop.history.append(record)
         self.logger.log("train", loop.step, **{k: v for k, v in record.items() if k not in ("event", "step")})
-        say(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed), self.dist.is_main)
+        norm = f" | grad norm {stats['grad_norm']:.3g}" if "grad_norm" in stats else ""
+        say(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed) + norm,
+            self.dist.is_main)
 
     def _validate(self, progress: Progress) -> None:
         if len(self.val_loader) == 0:
@@ -223,6 +227,10 @@ class Trainer:
         if improved:
             loop.best_acc = m["total_acc"]
             self._save(self.best_path, None)
+        record_validation(loop, improved)
+        if patience_spent(self.cfg.train.patience, loop):
+            say(stop_message(self.cfg.train.patience, loop), self.dist.is_main)
+            self.logger.log("early_stop", loop.step, validations_since_best=loop.validations_since_best)
         progress.resume()
 
     def _save(self, path: Path, progress: Progress | None) -> None:

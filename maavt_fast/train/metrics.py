@@ -70,3 +70,14 @@ def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
     totals = confusion.sum(dim=1).double()
     hits = confusion.diagonal().double()
     return torch.where(totals > 0, hits / totals.clamp(min=1), torch.full_like(totals, float("nan"))).tolist()
+
+
+def top_confusions(confusion: torch.Tensor, k: int) -> list[tuple[int, int, int, float]]:
+    """The `k` largest off-diagonal cells of a (C, C) count matrix (rows = truth), largest first, empty cells
+    left out: (true class, predicted class, count, count as a fraction of the true class's samples)."""
+    c = confusion.shape[0]
+    off = confusion.clone().long()
+    off.fill_diagonal_(0)
+    totals = confusion.sum(dim=1).tolist()
+    counts, flat = off.flatten().topk(min(k, off.numel()))
+    return [(i // c, i % c, n, n / totals[i // c]) for n, i in zip(counts.tolist(), flat.tolist()) if n > 0]

@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 
 from maavt_fast.config import Config
-from maavt_fast.train.checkpoint import load_weights, read_checkpoint
+from maavt_fast.train.checkpoint import load_weights, read_checkpoint, supplies_vit
 from maavt_fast.train.distributed import DistInfo, process_group
 from maavt_fast.train.evaluate import EvalResult, evaluate, write_report
 from maavt_fast.train.logging_utils import say
 from maavt_fast.train.loop import (MakeLoader, Trainer, TrainResult, checkpoint_paths, peak_memory_mb,
                                    seed_everything)
 from maavt_fast.train.step import choose_precision
-from maavt_fast.train.visualize import attention_gallery
+from maavt_fast.train.visualize import attention_gallery, gallery_batch
 
 
 @dataclass
@@ -53,12 +53,13 @@ def loader_factory(cfg: Config, dist: DistInfo) -> MakeLoader:
     return make
 
 
-def build_model(cfg: Config):
-    """A fresh `MAAVT` for `cfg.model`, initialised from `cfg.train.seed` (identical on every rank)."""
+def build_model(cfg: Config, vit_weights_follow: bool = False):
+    """A fresh `MAAVT` for `cfg.model`, initialised from `cfg.train.seed` (identical on every rank);
+    `vit_weights_follow`: a checkpoint supplies the frozen ViT next."""
     from maavt_fast.model import MAAVT
 
     seed_everything(cfg.train.seed)
-    return MAAVT(cfg.model)
+    return MAAVT(cfg.model, vit_weights_follow)
 
 
 def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: str, out_dir: str | Path,
@@ -79,10 +80,10 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
         names = class_names(cfg.data)
         paths = write_report(result, out_dir, split, names)
         if n_attention > 0:
-            batch = next(iter(loader)).to(dist.device)
+            batch = gallery_batch(loader, n_attention).to(dist.device)  # one clip per class where it can
             paths["attention"] = attention_gallery(model, batch, out_dir / "attention", names, cfg.data.image_mean,
                                                    cfg.data.image_std, limit=n_attention,
-                                                   autocast=precision.autocast(dist.device))
+                                                   autocast=precision.autocast(dist.device), audio_cfg=cfg.data.audio)
         m = result.metrics
         say(f"{split}: accuracy {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) on {m['samples']} samples, "
             f"loss {m['loss']:.4f}; {seconds:.1f} s ({m['samples'] / seconds:.1f} samples/s, {precision.name}), "
@@ -125,9 +126,10 @@ def run_eval(cfg: Config, checkpoint: str | Path | None, split: str, out_dir: st
              n_attention: int = 8) -> Report:
     """Evaluate a checkpoint (ours or official; None = the untrained model) on `split`; write the report."""
     with process_group(cfg.train.device) as dist, torch.no_grad():
-        model = build_model(cfg)
-        if checkpoint is not None:
-            load_weights(read_checkpoint(checkpoint), model, checkpoint)
+        ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+        model = build_model(cfg, vit_weights_follow=supplies_vit(ckpt))
+        if ckpt is not None:
+            load_weights(ckpt, model, checkpoint)
         if dist.is_main:
             write_config(cfg, out_dir)
         return report(cfg, dist, model, loader_factory(cfg, dist), split, out_dir, n_attention)

@@ -1,4 +1,4 @@
-"""One training step (forward, loss, backward, optional OGM-GE, Adam) and the precision it runs in.
+"""One training step (forward, loss, backward, optional OGM-GE and clipping, optimizer) and its precision.
 
 `TrainStep` wraps the step in `torch.compile` unless told not to. Dynamo compiles the forward with
 its AOT backward into one graph and the optimizer update into another; `.backward()` and, with
@@ -14,6 +14,7 @@ import torch
 
 from maavt_fast.train.grad_mod import modulate_gradients, noise_seed, ogm_coefficients
 from maavt_fast.train.metrics import batch_counts
+from maavt_fast.train.optim import build_optimizer, clip_gradients  # noqa: F401 - build_optimizer re-exported
 
 LOSS_NAMES = ("loss", "loss_fg", "loss_bg", "loss_cnt")
 
@@ -63,16 +64,18 @@ def choose_precision(requested: str, device: torch.device) -> Precision:
 
 class TrainStep:
     """Callable `(audio (B,T,S,S), image (B,T,3,S,S), label (B,T)) -> dict` of detached tensors:
-    the present losses (0-dim) and `counts` (7,) from `metrics.batch_counts`.
+    the present losses (0-dim), `counts` (7,) from `metrics.batch_counts` and, with `clip_grad_norm`,
+    `grad_norm` (the total gradient norm before clipping, after OGM-GE).
 
     `model` is what runs the forward (the DDP wrapper under torchrun); `raw_model` is the bare `MAAVT`
     (its modality parameters for OGM-GE).
     """
 
     def __init__(self, model: torch.nn.Module, raw_model, optimizer: torch.optim.Optimizer, precision: Precision,
-                 device: torch.device, grad_mod_alpha: float | None = None, compile: bool = True, seed: int = 0):
+                 device: torch.device, grad_mod_alpha: float | None = None, compile: bool = True, seed: int = 0,
+                 clip_grad_norm: float | None = None):
         self.model, self.optimizer, self.precision, self.device = model, optimizer, precision, device
-        self.grad_mod_alpha, self.seed = grad_mod_alpha, seed
+        self.grad_mod_alpha, self.seed, self.clip_grad_norm = grad_mod_alpha, seed, clip_grad_norm
         self.modality_params = raw_model.modality_parameters() if grad_mod_alpha is not None else None
         self.noise = torch.Generator(device) if grad_mod_alpha is not None else None
         self._fn = torch.compile(self._step) if compile else self._step
@@ -94,19 +97,10 @@ class TrainStep:
         if self.modality_params is not None:
             coeff_a, coeff_v = ogm_coefficients(*out.modality_logits, label, self.grad_mod_alpha)
             modulate_gradients(self.modality_params, coeff_a, coeff_v, self.noise)
+        grad_norm = clip_gradients(self.optimizer, self.clip_grad_norm) if self.clip_grad_norm is not None else None
         self.optimizer.step()
         result = {k: getattr(out, k).detach().float() for k in LOSS_NAMES if getattr(out, k) is not None}
+        if grad_norm is not None:
+            result["grad_norm"] = grad_norm  # before clipping
         result["counts"] = batch_counts(out.fg_logits, out.bg_logits, label)
         return result
-
-
-def build_optimizer(raw_model, lr: float, weight_decay: float, device: torch.device) -> torch.optim.Adam:
-    """Adam (betas 0.9, 0.999) over the trainable parameters only, with a tensor lr (see module doc).
-
-    On CUDA `capturable=True` keeps the multi-tensor (foreach) update, which a tensor lr otherwise disables.
-    """
-    params = [p for _, p in raw_model.named_trainable_parameters()]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    return torch.optim.Adam(params, lr=torch.tensor(lr, device=device), weight_decay=weight_decay,
-                            capturable=device.type == "cuda")

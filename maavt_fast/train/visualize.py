@@ -1,29 +1,42 @@
 """Pictures of a run: loss/accuracy curves, the confusion matrix, and attention maps with an HTML index.
 
-Attention maps (spec §7, with its black-map bug fixed): the last block's CLS-row attention over the
-patches (`MAAVTOutput.attn`, (N, S/16, S/16), softmax values that sum to 1), min-max normalised per
-sample, upsampled to the frame and blended with it, next to the frame and the model's spectrogram.
+The confusion matrix shows row-normalised cells (the fraction of each true class predicted as each class)
+with a colour bar, their values printed up to `CELL_VALUES_UP_TO` classes, and a table of the most
+confused pairs (readable at VGGSound's 309 classes). Attention maps (spec §7, with its black-map bug
+fixed): the last block's CLS-row attention over the patches (`MAAVTOutput.attn`, (N, S/16, S/16), softmax
+values that sum to 1), min-max normalised per sample, upsampled to the frame and blended with it, next to
+the frame and the model's spectrogram (labelled axes), one clip per class where the data allows.
+matplotlib is imported inside the functions (its object API: no global backend is chosen).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import html
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+from maavt_fast.train.metrics import top_confusions
+
+CELL_VALUES_UP_TO = 30  # classes up to which each cell's value is printed
+CLASS_NAMES_UP_TO = 60  # classes up to which the axes carry class names (indices beyond)
+TOP_PAIRS = 15  # rows of the most-confused-pairs table
+
+
+def _figure(**kwargs):
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
 
 
 def plot_curves(history: list[dict], path: str | Path) -> Path:
     """Loss and accuracy against the step, train (logged averages) and val; `history` from `LoopState`."""
     path = Path(path)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure(figsize=(10, 4), layout="tight")
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for kind, style in (("train", "-"), ("val", "o-")):
         rows = [r for r in history if r["event"] == kind]
         steps = [r["step"] for r in rows]
@@ -36,33 +49,53 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
-def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: str | Path) -> Path:
-    """(C, C) counts (rows = truth) as a row-normalised heat map, annotated with counts when C <= 20."""
-    path = Path(path)
+def _short(name: str, n: int = 28) -> str:
+    return name if len(name) <= n else name[:n - 1] + "…"
+
+
+def confusion_figure(confusion: torch.Tensor, class_names: list[str]):
+    """A matplotlib Figure of a (C, C) count matrix (rows = truth): row-normalised cells with a colour bar,
+    cell values up to `CELL_VALUES_UP_TO` classes, and the `TOP_PAIRS` most confused pairs as a table."""
     cm = confusion.double()
     norm = (cm / cm.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
     c = len(class_names)
-    size = max(4.0, 0.45 * c + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if c <= 40:
-        ax.set_xticks(range(c), class_names, rotation=90, fontsize=8)
-        ax.set_yticks(range(c), class_names, fontsize=8)
-    if c <= 20:
+    side = min(max(4.0, 0.4 * c + 2), 14.0)
+    fig = _figure(figsize=(side + 7, side + 1), layout="constrained")
+    ax, ax_table = fig.subplots(1, 2, width_ratios=(side, 7))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class's samples")
+    if c <= CLASS_NAMES_UP_TO:
+        ax.set_xticks(range(c), [_short(n) for n in class_names], rotation=90, fontsize=8)
+        ax.set_yticks(range(c), [_short(n) for n in class_names], fontsize=8)
+    kind = "class" if c <= CLASS_NAMES_UP_TO else "class index"
+    ax.set(xlabel=f"predicted {kind}", ylabel=f"true {kind}",
+           title=f"confusion, row-normalised (each row sums to 1)\n{int(cm.sum())} samples, {c} classes")
+    if c <= CELL_VALUES_UP_TO:
         for i in range(c):
             for j in range(c):
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title="confusion (row-normalised)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+                if norm[i, j] > 0:
+                    ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax_table.axis("off")
+    pairs = top_confusions(confusion, TOP_PAIRS)
+    ax_table.set_title(f"most confused pairs (top {len(pairs)})" if pairs else "no confusions")
+    if pairs:
+        rows = [[_short(class_names[t]), _short(class_names[p]), str(n), f"{f:.0%}"] for t, p, n, f in pairs]
+        table = ax_table.table(cellText=rows, colLabels=["true", "predicted as", "count", "% of true"],
+                               loc="upper center", colWidths=[0.38, 0.38, 0.12, 0.12], cellLoc="left")
+        table.auto_set_font_size(False)
+        table.set_fontsize(8)
+    return fig
+
+
+def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: str | Path) -> Path:
+    """`confusion_figure` saved as a PNG."""
+    path = Path(path)
+    confusion_figure(confusion, class_names).savefig(path, dpi=100)
     return path
 
 
@@ -80,7 +113,9 @@ def normalize_map(attn: torch.Tensor) -> torch.Tensor:
 def attention_images(frame: torch.Tensor, attn: torch.Tensor, spec: torch.Tensor, mean, std) -> dict[str, np.ndarray]:
     """frame (3, S, S) normalised, attn (S/16, S/16), spec (S, S) -> uint8 HxWx3 images:
     frame, attention (JET), overlay (0.5/0.5 blend), spectrogram (magma, low frequencies at the bottom)."""
-    jet, magma = matplotlib.colormaps["jet"], matplotlib.colormaps["magma"]
+    from matplotlib import colormaps
+
+    jet, magma = colormaps["jet"], colormaps["magma"]
     size = frame.shape[-1]
     rgb = (frame.float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1))
     rgb = rgb.permute(1, 2, 0).numpy()
@@ -92,11 +127,72 @@ def attention_images(frame: torch.Tensor, attn: torch.Tensor, spec: torch.Tensor
             "spectrogram": _to_uint8(magma(s)[..., :3])}
 
 
+def _spectrogram_axes(spec: np.ndarray, audio_cfg) -> tuple[np.ndarray, list[float] | None, str, str]:
+    """(image with frequency on rows, extent, x label, y label) of a model spectrogram (S, S): log-STFT rows are
+    frequency, fbank rows are time; without `audio_cfg` (an AudioConfig) the axes count bins and frames."""
+    if audio_cfg is None:
+        return spec, None, "time frame", "frequency bin"
+    if audio_cfg.features == "fbank":
+        seconds = spec.shape[0] * audio_cfg.hop / audio_cfg.sample_rate
+        return spec.T, [0, seconds, 0, spec.shape[1]], "time (s)", "mel bin"
+    return spec, [0, audio_cfg.window_seconds, 0, audio_cfg.sample_rate / 2000], "time (s)", "frequency (kHz)"
+
+
+def attention_figure(frame: torch.Tensor, attn: torch.Tensor, spec: torch.Tensor, mean, std, audio_cfg=None,
+                     title: str = ""):
+    """A Figure of one clip: the frame, the attention overlay with its colour bar, and the spectrogram with
+    labelled axes and a colour bar. frame (3, S, S) normalised, attn (S/16, S/16), spec (S, S)."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    images = attention_images(frame, attn, spec, mean, std)
+    fig = _figure(figsize=(12, 3.6), layout="constrained")
+    ax_frame, ax_overlay, ax_spec = fig.subplots(1, 3)
+    ax_frame.imshow(images["frame"])
+    ax_overlay.imshow(images["overlay"])
+    fig.colorbar(ScalarMappable(Normalize(0, 1), "jet"), ax=ax_overlay, shrink=0.85,
+                 label="attention (min-max per clip)")
+    for ax, name in ((ax_frame, "frame"), (ax_overlay, "last-block CLS attention")):
+        ax.set_title(name)
+        ax.axis("off")
+    img, extent, xlabel, ylabel = _spectrogram_axes(spec.float().cpu().numpy(), audio_cfg)
+    im = ax_spec.imshow(img, origin="lower", aspect="auto", cmap="magma", extent=extent, interpolation="nearest")
+    fig.colorbar(im, ax=ax_spec, shrink=0.85, label="log magnitude (standardised)")
+    ax_spec.set(xlabel=xlabel, ylabel=ylabel, title="spectrogram (model input)")
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def gallery_batch(batches, limit: int, max_batches: int = 8):
+    """Up to `limit` clips for the gallery: one per true class, in order of appearance, from at most
+    `max_batches` batches, then other clips to fill it; a batch of the loader's type (padding rows skipped)."""
+    new_class, others, seen = [], [], set()
+    for k, batch in enumerate(batches):
+        for r in range(len(batch)):
+            if not bool(batch.valid[r]):
+                continue
+            label = int(batch.label[r, 0])
+            row = {f.name: getattr(batch, f.name)[r].clone() for f in dataclasses.fields(batch)}
+            if label not in seen:
+                seen.add(label)
+                new_class.append(row)
+            elif len(others) < limit:
+                others.append(row)
+        if len(new_class) >= limit or k + 1 >= max_batches:
+            break
+    rows = (new_class + others)[:limit]
+    if not rows:
+        raise ValueError("no clips for the attention gallery: the loader is empty")
+    return type(batch)(**{name: torch.stack([row[name] for row in rows]) for name in rows[0]})
+
+
 @torch.no_grad()
 def attention_gallery(model, batch, out_dir: str | Path, class_names: list[str], mean, std,
-                      limit: int = 8, autocast=None) -> Path:
-    """Run `model` (bare MAAVT) on `batch` with `return_attn=True`, save PNGs of the first `limit` rows
-    (first frame of each clip) and an `index.html` table; returns the index path."""
+                      limit: int = 8, autocast=None, audio_cfg=None) -> Path:
+    """Run `model` (bare MAAVT) on `batch` (see `gallery_batch`) with `return_attn=True`, save one PNG per
+    row (first frame of each clip; `audio_cfg` labels the spectrogram axes) and an `index.html`; returns
+    the index path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -109,21 +205,19 @@ def attention_gallery(model, batch, out_dir: str | Path, class_names: list[str],
     rows = []
     for i in range(min(limit, batch.audio.shape[0])):
         r = i * t  # first frame of clip i in the flattened (B*T) rows
-        images = attention_images(batch.image[i, 0], out.attn[r], batch.audio[i, 0], mean, std)
-        cells = []
-        for kind, arr in images.items():
-            name = f"{i:03d}_{kind}.png"
-            Image.fromarray(arr).save(out_dir / name)
-            cells.append(f'<td><img src="{name}" width="160"></td>')
         truth, pred = _name(class_names, int(labels[r])), _name(class_names, int(preds[r]))
+        name = f"{i:03d}.png"
+        fig = attention_figure(batch.image[i, 0], out.attn[r], batch.audio[i, 0], mean, std, audio_cfg,
+                               title=f"true: {truth} | predicted: {pred}")
+        fig.savefig(out_dir / name, dpi=80)
         mark = "&#10003;" if truth == pred else "&#10007;"
         rows.append(f"<tr><td>{i}</td><td>{html.escape(truth)}</td><td>{html.escape(pred)} {mark}</td>"
-                    + "".join(cells) + "</tr>")
+                    f'<td><img src="{name}" width="720"></td></tr>')
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>MA-AVT attention maps</title>"
             "<style>td{text-align:center;font-family:sans-serif}</style></head><body>"
-            "<h2>Last-block CLS attention over the visual patches (min-max normalised per sample)</h2>"
-            "<table border='1' cellspacing='0'><tr><th>#</th><th>true</th><th>predicted</th><th>frame</th>"
-            "<th>attention</th><th>overlay</th><th>spectrogram</th></tr>" + "\n".join(rows) + "</table></body></html>")
+            "<h2>Last-block CLS attention over the visual patches (min-max normalised per clip)</h2>"
+            "<table border='1' cellspacing='0'><tr><th>#</th><th>true</th><th>predicted</th>"
+            "<th>frame | attention overlay | spectrogram</th></tr>" + "\n".join(rows) + "</table></body></html>")
     index = out_dir / "index.html"
     index.write_text(page)
     return index
@@ -133,4 +227,3 @@ def _name(class_names: list[str], k: int) -> str:
     if 0 <= k < len(class_names):
         return class_names[k]
     return "background" if k < 0 else str(k)
-
