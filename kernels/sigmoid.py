@@ -24,7 +24,7 @@ from maavt_fast.kernels._launch import INTERPRETED, launch
 def _configs(fields: tuple[str, ...], values: list[tuple[int, ...]]) -> list[triton.Config]:
     """Autotune candidates on a GPU; one small fixed config under the interpreter (no driver to time on)."""
     if INTERPRETED:
-        return [triton.Config(dict(zip(fields, (32, 32, 64))), num_warps=4)]
+        return [triton.Config(dict(zip(fields, (64, 64, 64))), num_warps=4)]
     return [triton.Config(dict(zip(fields, v[:3])), num_warps=v[3], num_stages=v[4]) for v in values]
 
 
