@@ -21,18 +21,22 @@ import triton.language as tl
 from maavt_fast.kernels._launch import INTERPRETED, launch
 
 
-def _configs(fields: tuple[str, ...], values: list[tuple[int, ...]]) -> list[triton.Config]:
-    """Autotune candidates on a GPU; one small fixed config under the interpreter (no driver to time on)."""
+def _configs(fields: tuple[str, ...], values: list[tuple[int, ...]], interpreted: tuple[int, ...]
+             ) -> list[triton.Config]:
+    """Autotune candidates (*fields, warps, stages) on a GPU; one fixed config under the interpreter."""
     if INTERPRETED:
-        return [triton.Config(dict(zip(fields, (64, 64, 64))), num_warps=4)]
-    return [triton.Config(dict(zip(fields, v[:3])), num_warps=v[3], num_stages=v[4]) for v in values]
+        return [triton.Config(dict(zip(fields, interpreted)), num_warps=4)]
+    n = len(fields)
+    return [triton.Config(dict(zip(fields, v[:n])), num_warps=v[n], num_stages=v[n + 1]) for v in values]
 
 
-# (own tile, streamed tile, feature chunk, warps, stages)
-FWD_CONFIGS = _configs(("BM", "BN", "PC"), [(64, 64, 64, 4, 3), (128, 64, 64, 8, 3), (64, 32, 128, 4, 3),
-                                             (128, 32, 64, 4, 4), (64, 64, 128, 8, 2)])
-BWD_CONFIGS = _configs(("BM", "BN", "PC"), [(64, 64, 64, 4, 3), (64, 32, 128, 4, 3), (128, 32, 64, 8, 3),
-                                             (64, 64, 128, 8, 2), (32, 64, 128, 4, 3)])
+# BM: own rows per program, BN: streamed rows per step, PC: features per dot step, GC: gradient features per
+# program (backward only: each program recomputes its logits over all P, so a wide GC saves recomputation).
+FWD_CONFIGS = _configs(("BM", "BN", "PC"), [(64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 64, 128, 8, 2),
+                                             (128, 128, 64, 8, 2), (64, 32, 64, 4, 3)], (64, 64, 64))
+BWD_CONFIGS = _configs(("BM", "BN", "PC", "GC"), [(64, 64, 64, 64, 8, 3), (64, 64, 64, 128, 8, 3),
+                                                   (32, 64, 64, 128, 4, 3), (64, 32, 64, 128, 8, 3),
+                                                   (32, 64, 64, 256, 8, 3), (32, 32, 64, 512, 8, 2)], (64, 64, 64, 128))
 
 
 @triton.jit
@@ -89,9 +93,8 @@ def _pair_terms(z, positive):
     e = tl.exp(-tl.abs(z))  # in (0, 1]: never overflows
     t = tl.where(positive, z, -z)  # y z
     u = 1.0 + e
-    # log1p(e) accurate for tiny e: log(u) * e / (u - 1), and e itself where u rounds to 1
-    log1p_e = tl.where(u == 1.0, e, tl.log(u) * (e / tl.where(u == 1.0, 1.0, u - 1.0)))
-    loss = tl.maximum(-t, 0.0) + log1p_e
+    # log1p(e), accurate for tiny e: log(u) corrected by the rounding of u = fl(1 + e) (e itself when u == 1)
+    loss = tl.maximum(-t, 0.0) + tl.log(u) - ((u - 1.0) - e) / u
     sig_neg_t = tl.where(t <= 0.0, 1.0, e) / u  # sigmoid(-t)
     return loss, tl.where(positive, -sig_neg_t, sig_neg_t)
 
@@ -128,7 +131,7 @@ def sigmoid_fwd_kernel(a_ptr, v_ptr, keep_ptr, scale_ptr, bias_ptr, out_ptr,
 def _own_tile_grad(x_base, sx_b, sx_p, x_start, n_x, y_base, sy_b, sy_p, y_start, n_y, keep_ptr, out_base,
                    idx, feat, P, scale, bias, w,
                    NORMALIZE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                   BM: tl.constexpr, BN: tl.constexpr, PC: tl.constexpr):
+                   BM: tl.constexpr, BN: tl.constexpr, PC: tl.constexpr, GC: tl.constexpr):
     """Gradient of features `feat` of own rows x[idx] (stored to out_base, contiguous (n_x, P)), streaming all y.
 
     Sample ids: x_start + idx and y_start + jdx (equal ids = positive pair, keep[id] = kept). w is the
@@ -138,7 +141,7 @@ def _own_tile_grad(x_base, sx_b, sx_p, x_start, n_x, y_base, sy_b, sy_p, y_start
     x_ok = idx < n_x
     keep_x = tl.load(keep_ptr + x_start + idx, mask=x_ok, other=0) != 0
     inv_x = _inv_norms(x_base, idx, x_ok, P, sx_b, sx_p, BM, PC, NORMALIZE)
-    acc = tl.zeros([BM, PC], tl.float32)
+    acc = tl.zeros([BM, GC], tl.float32)
     g_cos = tl.zeros([BM], tl.float32)
     g_sum = tl.zeros([BM], tl.float32)
     for y0 in range(0, n_y, BN):
@@ -168,15 +171,15 @@ def sigmoid_bwd_kernel(a_ptr, v_ptr, keep_ptr, scale_ptr, bias_ptr, grad_ptr, da
                        C, R, P, row_start,
                        s_al, s_ab, s_ap, s_vl, s_vb, s_vp, s_sc, s_bi,
                        NORMALIZE: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr, PC: tl.constexpr):
-    """Grid (row tiles + column tiles, feature chunks, L).
+                       BM: tl.constexpr, BN: tl.constexpr, PC: tl.constexpr, GC: tl.constexpr):
+    """Grid (row tiles + column tiles, feature chunks of GC, L).
 
     Row programs own visual rows (dv, and per-row d scale / d bias from chunk 0); column programs own
     audio columns (da). Each writes its own elements once: no atomics, deterministic. grad (L,) is the
     upstream gradient of each block's loss sum.
     """
     tile = tl.program_id(0)
-    feat = tl.program_id(1) * PC + tl.arange(0, PC)
+    feat = tl.program_id(1) * GC + tl.arange(0, GC)
     blk = tl.program_id(2).to(tl.int64)
     v_base = v_ptr + blk * s_vl
     a_base = a_ptr + blk * s_al
@@ -188,14 +191,14 @@ def sigmoid_bwd_kernel(a_ptr, v_ptr, keep_ptr, scale_ptr, bias_ptr, grad_ptr, da
         idx = tile * BM + tl.arange(0, BM)
         d_scale, d_bias = _own_tile_grad(v_base, s_vb, s_vp, row_start, R, a_base, s_ab, s_ap, 0, C, keep_ptr,
                                          dv_ptr + blk * R * P, idx, feat, P, scale, bias, w,
-                                         NORMALIZE, PREC, UPCAST, BM, BN, PC)
+                                         NORMALIZE, PREC, UPCAST, BM, BN, PC, GC)
         if tl.program_id(1) == 0:
             tl.store(dscale_ptr + blk * R + idx, d_scale, mask=idx < R)
             tl.store(dbias_ptr + blk * R + idx, d_bias, mask=idx < R)
     else:
         idx = (tile - n_row_tiles) * BM + tl.arange(0, BM)
         _own_tile_grad(a_base, s_ab, s_ap, 0, C, v_base, s_vb, s_vp, row_start, R, keep_ptr,
-                       da_ptr + blk * C * P, idx, feat, P, scale, bias, w, NORMALIZE, PREC, UPCAST, BM, BN, PC)
+                       da_ptr + blk * C * P, idx, feat, P, scale, bias, w, NORMALIZE, PREC, UPCAST, BM, BN, PC, GC)
 
 
 _KEY = ["C", "R", "P"]
@@ -244,7 +247,7 @@ def sigmoid_backward(grad: torch.Tensor, audio: torch.Tensor, visual: torch.Tens
     d_bias = torch.empty_like(d_scale)
 
     def grid(meta):
-        return triton.cdiv(R, meta["BM"]) + triton.cdiv(C, meta["BM"]), triton.cdiv(P, meta["PC"]), L
+        return triton.cdiv(R, meta["BM"]) + triton.cdiv(C, meta["BM"]), triton.cdiv(P, meta["GC"]), L
 
     launch("sigmoid_bwd", sigmoid_bwd, grid, audio, visual, keep, scale, bias, grad,
            da, dv, d_scale, d_bias, C, R, P, row_start, *_strides(audio, visual, scale, bias),
