@@ -393,3 +393,26 @@ def test_gather_matches_single_process(tmp_path):
         for i, want in ((2, want_s), (3, want_b)):
             mean = torch.stack([results[impl][1][i] for results in ranks]).mean(0)
             torch.testing.assert_close(mean, want, atol=1e-5, rtol=1e-5, msg=f"{impl} scale/bias")
+
+
+# ----------------------------------------------------------------------------- GPU only (benchmarks/gpu_check.sh)
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_large_batch_on_gpu(dtype):
+    audio, visual = _features(12, 1024, 512, dtype, "cuda")
+    _compare(audio, visual, _keep(1024, "random", "cuda"), torch.full((12,), 10.0, device="cuda"),
+             torch.tensor(-10.0, device="cuda"))
+
+
+@pytest.mark.gpu
+def test_huge_batch_runs_in_linear_memory():
+    """B = 32768: the (B, B) logits alone would take 4 GiB in fp32; forward + backward stay O(B P)."""
+    audio, visual = (x.requires_grad_() for x in _features(1, 32768, 512, torch.bfloat16, "cuda"))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated()
+    loss = blockwise_sigmoid_loss(audio, visual, impl="triton")
+    loss.backward()
+    torch.cuda.synchronize()
+    assert torch.isfinite(loss)
+    assert torch.cuda.max_memory_allocated() - start < 256 * 2**20
