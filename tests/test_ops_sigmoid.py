@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
@@ -324,12 +325,12 @@ def _global_batch():
     return audio, visual, keep, torch.tensor([5.0, 8.0]), torch.tensor(-3.0)
 
 
-def _sigmoid_step(impl, rows=slice(None), gather=False):
+def _sigmoid_step(impl, rows=slice(None), gather=False, group=None):
     audio, visual, keep, scale, bias = _global_batch()
     leaves = [audio[:, rows].clone().requires_grad_(), visual[:, rows].clone().requires_grad_(),
               scale.requires_grad_(), bias.requires_grad_()]
     losses = blockwise_sigmoid_loss(*leaves[:2], keep[rows], leaves[2], leaves[3], reduction="none", impl=impl,
-                                    gather=gather)
+                                    gather=gather, group=group)
     (losses * torch.tensor([0.5, 2.0])).sum().backward()
     return losses.detach(), [t.grad for t in leaves]
 
@@ -348,6 +349,7 @@ def _rank(rank, impls, out_dir):
     rows = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
     results = {impl: _sigmoid_step(impl, rows, gather=True) for impl in impls}
     results.update({f"siglip:{impl}": _siglip_step(impl, rank, WORLD) for impl in impls})
+    results["group"] = _sigmoid_step("torch", rows, gather=True, group=dist.new_group([1, 0]))  # an explicit group
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -376,6 +378,8 @@ def test_gather_matches_single_process(tmp_path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
     want_loss, (want_a, want_v, want_s, want_b) = _sigmoid_step("torch")
     shares = [_open_clip_rank_share(r) for r in range(WORLD)]
+    for results in ranks:
+        torch.testing.assert_close(results["group"], results["torch"], msg="an explicit group gives the same")
     for impl in impls:
         for rank, results in enumerate(ranks):
             rows = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
