@@ -5,6 +5,7 @@ stacked (L, B, P) features of both modalities are all-gathered once, with autogr
 sums the column gradients of every rank back onto their owner). The loss a rank differentiates is
 W times its local share, so that DistributedDataParallel's gradient average gives the gradient of the
 full-batch loss; its value is the full-batch loss itself (local shares summed over ranks).
+Losses whose rows use one modality only (the sigmoid loss) gather just the columns (`gather_columns`).
 Every rank must hold the same number of rows B.
 
 The all-gather is the functional one (`torch.distributed._functional_collectives`), which Dynamo traces
@@ -21,25 +22,40 @@ import torch.distributed._functional_collectives as funcol
 _all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
-def gather_active() -> bool:
-    """True when a process group with more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def gather_active(group: dist.ProcessGroup | None = None) -> bool:
+    """True when a process group (`group`, default the global one) with more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
-def gather_features(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor
+def _gather_blocks(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """(N, B, ...) -> (N, W*B, ...) of all ranks, rank-major along dim 1, with autograd."""
+    W = dist.get_world_size(group)
+    stacked = _all_gather(x, 0, group or dist.group.WORLD)  # (W*N, B, ...)
+    return stacked.view(W, *x.shape).transpose(0, 1).reshape(x.shape[0], W * x.shape[1], *x.shape[2:])
+
+
+def _gather_keep(keep: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
+    return _all_gather(keep.to(torch.uint8), 0, group or dist.group.WORLD).bool()  # (W*B,)
+
+
+def gather_features(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor,
+                    group: dist.ProcessGroup | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(L, B, P) x2 and keep (B,) -> global (L, W*B, P) x2 (with autograd), keep (W*B,), this rank's first row."""
-    L, B, P = audio.shape
-    W, group = dist.get_world_size(), dist.group.WORLD
-    stacked = _all_gather(torch.cat([audio, visual]), 0, group)  # (W*2L, B, P), rank-major
-    features = stacked.view(W, 2 * L, B, P).transpose(0, 1).reshape(2 * L, W * B, P)
-    keep_all = _all_gather(keep.to(torch.uint8), 0, group).bool()  # (W*B,)
-    return features[:L], features[L:], keep_all, dist.get_rank() * B
+    L, B, _ = audio.shape
+    features = _gather_blocks(torch.cat([audio, visual]), group)  # one collective for both
+    return features[:L], features[L:], _gather_keep(keep, group), dist.get_rank(group) * B
 
 
-def global_loss(local: torch.Tensor) -> torch.Tensor:
+def gather_columns(audio: torch.Tensor, keep: torch.Tensor, group: dist.ProcessGroup | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(L, B, P) and keep (B,) -> all ranks' (L, W*B, P) (with autograd), keep (W*B,), this rank's first row."""
+    return _gather_blocks(audio, group), _gather_keep(keep, group), dist.get_rank(group) * audio.shape[1]
+
+
+def global_loss(local: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Local share (L,) -> full-batch value (L,) whose gradient is W x the local one (see module doc)."""
     total = local.detach().clone()
-    dist.all_reduce(total)  # Dynamo traces it as the functional all_reduce
-    scaled = local * dist.get_world_size()
+    dist.all_reduce(total, group=group)  # Dynamo traces it as the functional all_reduce
+    scaled = local * dist.get_world_size(group)
     return scaled + (total - scaled.detach())
