@@ -90,8 +90,9 @@ class HostSource:
 
 def build_pipeline(source: HostSource, batch_size: int, num_workers: int, device_id: int | None):
     """The DALI pipeline for `source`; outputs image (T,3,S,S), audio (T,S,S), label, index, valid."""
-    from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali import math as dmath
+    with requires("dali", __name__):
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import math as dmath
 
     ds = source.dataset
     cfg, s, t = ds.cfg, ds.img_size, ds.cfg.frames_per_clip
