@@ -56,7 +56,7 @@ def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
     """{device type: rows of the newest run_id measured on it} (run ids start with a UTC timestamp)."""
     by_dev: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
-        kind = "cuda" if not r["device"].startswith("cpu") else "cpu"
+        kind = r.get("device_type") or ("cpu" if r["device"].startswith("cpu") else "cuda")  # older rows: no type
         by_dev.setdefault(kind, {}).setdefault(r["run_id"], []).append(r)
     return {kind: runs[max(runs)] for kind, runs in sorted(by_dev.items())}
 
