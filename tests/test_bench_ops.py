@@ -109,3 +109,36 @@ def test_measure_counts_calls_and_reports_memory():
     m = harness.measure(lambda: calls.append(torch.ones(1 << 20)), torch.device("cpu"), warmup=2, repeats=3)
     assert len(calls) == 2 + 3 + 1  # warm-up, timed, one more for the peak memory
     assert m.repeats == 3 and m.peak_bytes >= 0
+
+
+def test_report_renders_the_newest_run_and_lists_gpu_targets_as_not_measured(quick_rows):
+    from benchmarks import report
+
+    out, rows = quick_rows
+    stale = [r | {"run": "19990101T000000Z", "p50_ms": 123456.0} for r in rows]
+    old_schema = [{"op": "contrastive", "impl": "release", "median_ms": 654321.0, "device": "cpu (2 threads)"}]
+    (out / "ops.json").write_text(json.dumps(old_schema + stale + rows))
+    report.main(["--results", str(out), "--out", str(out / "RESULTS.md")])
+    md = (out / "RESULTS.md").read_text()
+    assert "## Fused ops" in md and f"Run `{rows[0]['run']}`" in md and "](ops.png)" in md
+    assert "123456" not in md and "654321" not in md and "19990101" not in md  # only the newest run
+    assert "| contrastive | L=2, B=16, P=32 | fwd+bwd |" in md
+    assert md.count("not measured (no GPU)") == len(report.OPS_TARGETS) + 1
+
+
+def test_gpu_targets_are_checked_on_cuda_rows():
+    from benchmarks import report
+
+    def row(op, provider, ms, error="", **dims):
+        base = {"contrastive": {"L": 12, "B": 256, "P": 512},
+                "group_attention": {"G": 3, "M": 64, "n": 5, "D": 768, "heads": 8}}[op]
+        return dict.fromkeys(ops.COLUMNS) | base | dims | {
+            "op": op, "provider": provider, "mode": "fwd+bwd", "p50_ms": ms, "peak_mb": 10.0, "error": error}
+
+    cuda = [row("contrastive", "triton", 1.0), row("contrastive", "reference", 4.0),
+            row("contrastive", "reference-compiled", 1.2), row("group_attention", "triton", 1.0),
+            row("group_attention", "reference", 3.5), row("contrastive", "triton", 9.0, B=16384),
+            row("contrastive", "reference", None, "OutOfMemoryError: CUDA out of memory", B=16384)]
+    text = report.ops_targets(cuda)
+    assert "4.00x: met" in text and "1.20x: **missed**" in text and "3.50x: met" in text
+    assert "triton: 10 MiB / reference: OutOfMemoryError" in text
