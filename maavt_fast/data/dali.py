@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from maavt_fast._extras import requires
 from maavt_fast.data.audio import LOG_EPS, STD_EPS, clip_spectrograms, clipped_window, hann
 from maavt_fast.data.dataset import ClipDataset
 from maavt_fast.data.errors import DataError, require_file

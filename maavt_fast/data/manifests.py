@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maavt_fast._extras import requires
 from maavt_fast.config import BG_LABEL, DataConfig
 from maavt_fast.data.errors import DataError
 from maavt_fast.data.sampling import split_rng
