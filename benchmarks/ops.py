@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,8 @@ from maavt_fast.ops.contrastive import blockwise_contrastive_loss_reference
 PROVIDERS = ("reference", "reference-compiled", "triton", "openclip", "per-group")
 MODES = ("fwd", "bwd", "fwd+bwd")
 DIMS = {"contrastive": ("L", "B", "P"), "group_attention": ("G", "M", "n", "D", "heads")}
-# Every row has exactly these columns (CSV-safe); a dimension another op has is empty (None).
+# Every row has exactly these columns (CSV-safe); a dimension another op has is empty (None). `config` labels a
+# Triton tile configuration when a kernel is timed once per config; empty for one row per provider.
 COLUMNS = ("op", "provider", "config", "mode", "dtype", *dict.fromkeys(d for dims in DIMS.values() for d in dims),
            "p20_ms", "p50_ms", "p80_ms", "peak_mb", "timer", "error",
            "device", "device_type", "threads", "torch", "triton", "commit", "date", "run", "load_1min")
@@ -149,11 +151,6 @@ def mode_fns(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> dic
             "fwd+bwd": lambda: torch.autograd.grad(fwd(), leaves)}
 
 
-def triton_config(op: str) -> str:
-    """The kernel's tile-config label; "" until the kernels expose one (then one row per config)."""
-    return ""
-
-
 def failed(e: Exception) -> dict:
     """The timing columns of a (provider, mode) that could not run, e.g. out of memory."""
     if torch.cuda.is_available():
@@ -195,8 +192,8 @@ def run_shape(op: str, dims: dict[str, int], providers: list[str], device: torch
             call = fns[mode]
             measured = failed(call) if isinstance(call, Exception) else measure_row(call, device, budget_s)
             row = dict.fromkeys(COLUMNS) | context | dims | measured | {
-                "op": op, "provider": provider, "config": triton_config(op) if provider == "triton" else "",
-                "mode": mode, "dtype": str(dtype).removeprefix("torch.")}
+                "op": op, "provider": provider, "config": "",
+                "mode": mode, "dtype": str(dtype).removeprefix("torch."), "load_1min": round(os.getloadavg()[0], 2)}
             rows.append(row)
             shape = ",".join(f"{k}={v}" for k, v in dims.items())
             timing = (f"{row['p50_ms']:10.4f} ms (p20 {row['p20_ms']:.4f}, p80 {row['p80_ms']:.4f}) "

@@ -227,7 +227,8 @@ def _cell(r: dict | None) -> str:
         return "–"
     if r["error"]:
         return "failed: " + r["error"].split(":")[0]
-    return f"{r['p50_ms']:.3g} ({r['p20_ms']:.3g}–{r['p80_ms']:.3g}) · {r['peak_mb']:.3g} MiB"
+    ms = (f"{v:.0f}" if v >= 100 else f"{v:.3g}" for v in (r["p50_ms"], r["p20_ms"], r["p80_ms"]))
+    return "{} ({}–{}) · {:.3g} MiB".format(*ms, r["peak_mb"])
 
 
 def _shape(r: dict, dims: tuple[str, ...]) -> str:
@@ -298,13 +299,16 @@ def ops_section(rows: list[dict], results: Path, md_dir: Path) -> str:
         loads = sorted(r["load_1min"] for r in run)
         parts.append(f"### {r0['device']} ({kind}, {r0['threads']} threads, {r0['dtype']})\n\n"
                      f"Run `{r0['run']}`, commit `{r0['commit']}`, torch {r0['torch']}, triton {r0['triton']}, "
-                     f"timer `{next((r['timer'] for r in run if r['timer']), '')}`, 1-min load "
+                     f"timer `{next((r['timer'].split('(')[0] for r in run if r['timer']), '')}`, 1-min load "
                      f"{loads[0]:g}–{loads[-1]:g}.")
         parts.append(ops_table(run))
         png = results / "ops.png"
         if png.is_file() and kind == max(runs, key=lambda k: runs[k][0]["run"]):  # the plot is of the newest run
             parts.append(f"![ops]({os.path.relpath(png, md_dir)})")
     parts.append("### GPU targets\n\n" + ops_targets(runs.get("cuda", [])))
+    notes = results / "ops.notes.md"  # dated notes on the runs above
+    if notes.is_file():
+        parts.append(notes.read_text().strip())
     return "\n\n".join(parts)
 
 
