@@ -7,7 +7,7 @@ RandomResizedCrop + flip of a 640x360 JPEG frame) on a generated dataset of real
 (forward, loss, backward, Adam; eager) of MAAVT with vit_tiny_patch16_224 and 309 classes on the same
 batch size, so `loader_over_model` > 1 means the loader keeps up with training.
 
-    python benchmarks/data.py [--quick] [--device cpu|cuda] [--batch 32] [--workers 2] [--out DIR]
+    python -m benchmarks.data [--quick] [--device cpu|cuda] [--batch 32] [--workers 2] [--out DIR]
 
 Rows are appended to <out>/data.json and <out>/data.csv (benchmarks/harness.py).
 """
@@ -22,17 +22,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import soundfile as sf
+import torch
+from PIL import Image
+
+from benchmarks.harness import append_rows, environment, measure
+from maavt_fast.config import ModelConfig, preset
+from maavt_fast.data import build_loader
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a file: import `benchmarks` as a package
-
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from benchmarks.harness import append_rows, environment, measure  # noqa: E402
-from maavt_fast.config import ModelConfig, preset  # noqa: E402
-from maavt_fast.data import build_loader  # noqa: E402
 
 FRAME_HW = (360, 640)
 FRAMES_PER_CLIP = 10
@@ -115,7 +114,7 @@ def model_step_rate(batch: int, device: torch.device, repeats: int, depth: int |
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="tiny run (16 clips, batch 4, a 1-block model): checks the script works, not a measurement")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))

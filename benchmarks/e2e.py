@@ -36,15 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from benchmarks import harness, profiling, roofline
+from maavt_fast.config import ModelConfig, preset
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a file: import `benchmarks` as a package
-
-import torch  # noqa: E402
-
-from benchmarks import harness  # noqa: E402
-from benchmarks import profiling  # noqa: E402
-from benchmarks import roofline  # noqa: E402
-from maavt_fast.config import ModelConfig, preset  # noqa: E402
 
 IMPLS = ("reference", "fast-eager", "fast-compiled")
 CPU_MODELS = ("vit_tiny_patch16_224", "vit_small_patch16_224")
@@ -251,7 +248,7 @@ def run_case_in_subprocess(case: Case, timing: Timing, gemm_n: int, profile_dir:
         job = {"case": dataclasses.asdict(case), "timing": dataclasses.asdict(timing), "gemm_n": gemm_n,
                "profile": str(profile_dir) if profile_dir else None, "result": str(res_path)}
         env = dict(os.environ, OMP_NUM_THREADS=str(timing.threads), MKL_NUM_THREADS=str(timing.threads))
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--worker", json.dumps(job)], cwd=ROOT,
                               env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not res_path.is_file():
             return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-2000:]}"}
@@ -282,7 +279,7 @@ def _run_in_process(case: Case, settings: Settings) -> dict:
 # ---------------------------------------------------------------------------------------------- one result row
 
 ROW_KEYS = (  # every row has exactly these columns (CSV-safe); None where a value does not apply
-    "device", "device_detail", "torch", "triton", "timm", "commit", "date", "run_id", "threads", "load_1min", "note",
+    "device", "device_type", "device_detail", "torch", "triton", "timm", "commit", "date", "run_id", "threads", "load_1min", "note",
     "shape", "vit", "img_size", "depth", "batch", "impl", "precision",
     "train_ms", "train_p20_ms", "train_p80_ms", "train_samples_per_s", "train_speedup", "train_speedup_adj",
     "train_first_call_s", "train_peak_mb", "train_peak_ratio",
@@ -358,12 +355,8 @@ def print_row(r: dict) -> None:
 # ---------------------------------------------------------------------------------------------- the whole run
 
 def device_detail(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return "cpu"
+    model = harness.device_model(device)
+    return model if device.type == "cuda" else f"{model}, {os.cpu_count()} cores"
 
 
 def count_flops(case: Case, device: torch.device) -> int:
@@ -430,7 +423,7 @@ def build_cases(device: torch.device, quick: bool, models, batches, impls, preci
 
 
 def parse_args(argv: list[str]) -> Settings:
-    p = argparse.ArgumentParser(prog="maavt bench e2e", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny model (depth 2, 32x32), B=2, 1 repeat: a smoke run")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for e2e.json / e2e.csv")

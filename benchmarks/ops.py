@@ -1,83 +1,105 @@
-"""Benchmark of the two fused ops: forward, backward and full (forward + backward) time and peak memory.
+"""Benchmark of the two fused ops: every provider side by side, forward / backward / both, time and peak memory.
 
-Implementations per op:
-  release   eager PyTorch as the official release runs it: one small graph per block / per group
-  reference the batched PyTorch reference of `maavt_fast.ops` (eager)
-  compiled  torch.compile of that reference
-  triton    the fused Triton kernels (CUDA only)
-Sizes (issue 3): contrastive L = 12, P = 512, B in {64, 256, 1024, 4096} (4096 only on GPU: on a
-2-core CPU one step of the references takes minutes); group attention G = 3, n = 5, 8 heads,
-D in {192, 384, 768}, M in {1, 64}. GPU rows use bf16 inputs, CPU rows fp32.
+Providers (one run measures them all on the same inputs):
+  reference           the batched PyTorch reference in `maavt_fast.ops` (eager)
+  reference-compiled  torch.compile of that reference
+  triton              the fused Triton kernels (CUDA; on CPU only under TRITON_INTERPRET=1 with --quick)
+  openclip            contrastive: the loss OpenCLIP users write today (normalise, `logit_scale * a @ v.T`,
+                      two cross-entropies), once per block
+  per-group           group attention: what the release runs, one timm-style attention per group
+Modes: fwd (forward, recording autograd as in training), bwd (backward of one kept forward graph, again
+and again: `retain_graph=True`, so torch.compile's donated buffers are off here), fwd+bwd. Timing: `triton.testing.do_bench` on CUDA, `torch.utils.benchmark` adaptive autorange on CPU
+(`benchmarks.harness.time_quantiles`); p20 / p50 / p80 ms and the peak memory one call adds.
 
-    python benchmarks/ops.py [--quick] [--out DIR] [--repeats N] [--warmup N] [--impls a,b]
-Rows go to DIR/ops.json and DIR/ops.csv (appended after each problem, so a timeout keeps the finished
-ones; the sizes with targets run first) and the plot of this run to DIR/ops.png.
+Sizes: one panel per swept dimension around a base shape (contrastive L = 12, B = 256, P = 512;
+group attention G = 3, M = 64, n = 5, D = 768, 8 heads: the model's LSA). GPU rows are bf16, CPU rows fp32.
+
+    python -m benchmarks.ops [--quick] [--out DIR] [--providers a,b] [--budget SECONDS]
+
+Rows (schema `COLUMNS`) are appended to DIR/ops.json and DIR/ops.csv after each shape (a timeout keeps the
+finished ones; the base shapes run first), the plot of this run goes to DIR/ops.png.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch._functorch import config as functorch_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: import `benchmarks` as a package
-from benchmarks import harness  # noqa: E402
-from maavt_fast.ops import blockwise_contrastive_loss, group_attention, group_attention_reference  # noqa: E402
-from maavt_fast.ops.contrastive import blockwise_contrastive_loss_reference  # noqa: E402
+from benchmarks import harness
+from maavt_fast.ops import blockwise_contrastive_loss, group_attention, group_attention_reference
+from maavt_fast.ops._dispatch import kernel_device
+from maavt_fast.ops.contrastive import blockwise_contrastive_loss_reference
 
-IMPLS = ("release", "reference", "compiled", "triton")
-# One compiled reference per op for all sizes: after the first size torch.compile recompiles once with
-# dynamic shapes, instead of once per size (compilation dominates the run time on a GPU).
-_COMPILED = {"contrastive": torch.compile(blockwise_contrastive_loss_reference),
-             "group_attention": torch.compile(group_attention_reference)}
-MODES = ("forward", "backward", "full")
-X_LABEL = "B (contrastive) or D (group attention)"
+PROVIDERS = ("reference", "reference-compiled", "triton", "openclip", "per-group")
+MODES = ("fwd", "bwd", "fwd+bwd")
+DIMS = {"contrastive": ("L", "B", "P"), "group_attention": ("G", "M", "n", "D", "heads")}
+# Every row has exactly these columns (CSV-safe); a dimension another op has is empty (None). `config` labels a
+# Triton tile configuration when a kernel is timed once per config; empty for one row per provider.
+COLUMNS = ("op", "provider", "config", "mode", "dtype", *dict.fromkeys(d for dims in DIMS.values() for d in dims),
+           "p20_ms", "p50_ms", "p80_ms", "peak_mb", "timer", "error",
+           "device", "device_type", "threads", "torch", "triton", "commit", "date", "run", "load_1min")
+TEMPERATURE = 0.07
+MIN_SAMPLES = 5  # the timing budget stretches to about this many calls when one call is slower than budget / 5
 
 
-@dataclasses.dataclass
-class Case:
-    """One benchmarked problem: `make()` builds fresh inputs, `impls[name](*inputs)` returns a scalar-able output."""
-    op: str
-    variant: str  # the fixed part of the size, one plot panel each
-    x: int  # the varying size (plot x axis)
-    size: str
-    make: Callable[[], list[torch.Tensor]]
-    impls: dict[str, Callable[..., torch.Tensor]]
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """The base shape of each op and the values swept per dimension (the others stay at the base)."""
+    base: dict[str, dict[str, int]]
+    sweeps: dict[str, dict[str, tuple[int, ...]]]
+
+    def shapes(self, op: str) -> list[dict[str, int]]:
+        """Base first, then each sweep's other points, without repeats."""
+        out = [self.base[op]]
+        for dim, values in self.sweeps[op].items():
+            out += [self.base[op] | {dim: v} for v in values if self.base[op] | {dim: v} not in out]
+        return out
+
+
+BASE = {"contrastive": {"L": 12, "B": 256, "P": 512}, "group_attention": {"G": 3, "M": 64, "n": 5, "D": 768, "heads": 8}}
+SIZES = {
+    "cuda": Sizes(BASE, {"contrastive": {"B": (64, 256, 1024, 4096, 16384), "P": (128, 256, 512, 1024)},
+                         "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64, 256)}}),
+    "cpu": Sizes(BASE, {"contrastive": {"B": (64, 256, 512), "P": (128, 512, 1024)},
+                        "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64)}}),
+    "quick": Sizes({"contrastive": {"L": 2, "B": 16, "P": 32}, "group_attention": {"G": 3, "M": 2, "n": 5, "D": 32,
+                                                                                   "heads": 4}},
+                   {"contrastive": {"B": (8, 16)}, "group_attention": {"D": (32,)}}),
+}
 
 
 # ----------------------------------------------------------------------------------------------- contrastive
-def contrastive_release(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The release's loop: per block, normalise, drop background rows, two cross-entropies."""
+def contrastive_openclip(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """OpenCLIP's ClipLoss as users write it, once per block of (B, P) features (background rows dropped)."""
+    logit_scale = 1.0 / TEMPERATURE
     total = audio.new_zeros((), dtype=torch.float32)
     for a, v in zip(audio, visual):
-        a, v = F.normalize(a[keep], dim=-1), F.normalize(v[keep], dim=-1)
-        logits = (v @ a.T).float() / 0.07
-        labels = torch.arange(logits.shape[0], device=logits.device)
-        total = total + (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        image_features, text_features = F.normalize(v[keep], dim=-1), F.normalize(a[keep], dim=-1)
+        logits_per_image = logit_scale * image_features @ text_features.T
+        logits_per_text = logits_per_image.T
+        labels = torch.arange(logits_per_image.shape[0], device=logits_per_image.device)
+        total = total + (F.cross_entropy(logits_per_image.float(), labels)
+                         + F.cross_entropy(logits_per_text.float(), labels)) / 2
     return total / audio.shape[0]
 
 
-def contrastive_case(L: int, B: int, P: int, device: torch.device, dtype: torch.dtype) -> Case:
-    def make():
-        g = torch.Generator(device="cpu").manual_seed(B)
-        audio, visual = (torch.randn(L, B, P, generator=g).to(device, dtype).requires_grad_() for _ in range(2))
-        return [audio, visual, torch.rand(B, generator=g).to(device) > 0.1]
-
-    return Case("contrastive", f"L={L},P={P}", B, f"L={L},B={B},P={P}", make, {
-        "release": contrastive_release,
-        "reference": lambda a, v, k: blockwise_contrastive_loss(a, v, k, impl="torch"),
-        "compiled": lambda a, v, k: _COMPILED["contrastive"](a, v, k),
-        "triton": lambda a, v, k: blockwise_contrastive_loss(a, v, k, impl="triton"),
-    })
+def contrastive_inputs(L: int, B: int, P: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator(device="cpu").manual_seed(B * P)
+    audio, visual = (torch.randn(L, B, P, generator=g).to(device, dtype).requires_grad_() for _ in range(2))
+    return [audio, visual, torch.rand(B, generator=g).to(device) > 0.1]
 
 
 # ----------------------------------------------------------------------------------------------- group attention
-def group_attention_release(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads: int) -> torch.Tensor:
-    """The release's three separate attention modules, one after the other."""
+def group_attention_per_group(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads: int) -> torch.Tensor:
+    """The release's separate attention modules (timm's Attention), one per group, one after the other."""
     outs = []
     for g in range(x.shape[0]):
         M, n, D = x[g].shape
@@ -88,89 +110,148 @@ def group_attention_release(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num
     return torch.stack(outs)
 
 
-def group_attention_case(G: int, M: int, n: int, D: int, heads: int, device: torch.device,
-                         dtype: torch.dtype) -> Case:
-    def make():
-        g = torch.Generator(device="cpu").manual_seed(D)
-        shapes = [(G, M, n, D), (G, 3 * D, D), (G, 3 * D), (G, D, D), (G, D)]
-        return [(torch.randn(s, generator=g) * D ** -0.5).to(device, dtype).requires_grad_() for s in shapes]
+def group_attention_inputs(G: int, M: int, n: int, D: int, heads: int, device: torch.device,
+                           dtype: torch.dtype) -> list[torch.Tensor]:
+    g = torch.Generator(device="cpu").manual_seed(M * D)
+    shapes = [(G, M, n, D), (G, 3 * D, D), (G, 3 * D), (G, D, D), (G, D)]
+    return [(torch.randn(s, generator=g) * D ** -0.5).to(device, dtype).requires_grad_() for s in shapes]
 
-    return Case("group_attention", f"G={G},M={M},n={n},heads={heads}", D, f"G={G},M={M},n={n},D={D}", make, {
-        "release": lambda *t: group_attention_release(*t, heads),
-        "reference": lambda *t: group_attention(*t, heads, impl="torch"),
-        "compiled": lambda *t: _COMPILED["group_attention"](*t, heads),
-        "triton": lambda *t: group_attention(*t, heads, impl="triton"),
-    })
+
+# One compiled reference per op for all sizes: after the first size torch.compile recompiles once with
+# dynamic shapes instead of once per size (compilation dominates a GPU run). bwd differentiates one kept
+# graph repeatedly (retain_graph), which compiled backwards allow only without donated buffers.
+functorch_config.donated_buffer = False
+_COMPILED = {"contrastive": torch.compile(blockwise_contrastive_loss_reference),
+             "group_attention": torch.compile(group_attention_reference)}
+
+
+def provider_fn(op: str, provider: str, heads: int | None) -> Callable[..., torch.Tensor] | None:
+    """The callable a provider runs on the op's inputs, or None where the provider does not apply to the op."""
+    if op == "contrastive":
+        return {"reference": lambda a, v, k: blockwise_contrastive_loss(a, v, k, temperature=TEMPERATURE, impl="torch"),
+                "reference-compiled": lambda a, v, k: _COMPILED[op](a, v, k, temperature=TEMPERATURE),
+                "triton": lambda a, v, k: blockwise_contrastive_loss(a, v, k, temperature=TEMPERATURE, impl="triton"),
+                "openclip": contrastive_openclip}.get(provider)
+    return {"reference": lambda *t: group_attention(*t, heads, impl="torch"),
+            "reference-compiled": lambda *t: _COMPILED[op](*t, heads),
+            "triton": lambda *t: group_attention(*t, heads, impl="triton"),
+            "per-group": lambda *t: group_attention_per_group(*t, heads)}.get(provider)
 
 
 # ----------------------------------------------------------------------------------------------- timing
-def _step_fns(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> dict[str, tuple[Callable, Callable | None]]:
-    """(timed function, untimed setup) per mode; backward times the backward of a fresh forward each call."""
+def mode_fns(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor]) -> dict[str, Callable[[], object]]:
+    """The timed call per mode; bwd differentiates one kept forward graph again and again (retain_graph)."""
     leaves = [t for t in inputs if t.requires_grad]
 
-    def forward():
+    def fwd():
         return fn(*inputs).float().sum()
 
-    def backward(loss):
-        return torch.autograd.grad(loss, leaves)
-
-    def full():
-        return torch.autograd.grad(forward(), leaves)
-
-    return {"forward": (forward, None), "backward": (backward, forward), "full": (full, None)}
+    kept = fwd()
+    return {"fwd": fwd, "bwd": lambda: torch.autograd.grad(kept, leaves, retain_graph=True),
+            "fwd+bwd": lambda: torch.autograd.grad(fwd(), leaves)}
 
 
-def run_case(case: Case, impls: list[str], device: torch.device, warmup: int, repeats: int) -> list[dict]:
+def failed(e: Exception) -> dict:
+    """The timing columns of a (provider, mode) that could not run, e.g. out of memory."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return {"p20_ms": None, "p50_ms": None, "p80_ms": None, "peak_mb": None, "timer": "",
+            "error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"}
+
+
+def measure_row(call: Callable[[], object], device: torch.device, budget_s: float) -> dict:
+    """Timing and peak-memory columns of one (provider, mode); a failure is recorded, not raised."""
+    try:
+        call()  # warm-up: compilation, autotuning, caches
+        t0 = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        once = time.perf_counter() - t0
+        q = harness.time_quantiles(call, device, max(budget_s, MIN_SAMPLES * once))
+        peak = harness.peak_bytes(call, device)
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError included: one size too large must not lose the others
+        return failed(e)
+    return {"p20_ms": round(q.p20_ms, 5), "p50_ms": round(q.p50_ms, 5), "p80_ms": round(q.p80_ms, 5),
+            "peak_mb": round(peak / 2 ** 20, 3), "timer": q.timer, "error": ""}
+
+
+def run_shape(op: str, dims: dict[str, int], providers: list[str], device: torch.device, dtype: torch.dtype,
+              budget_s: float, context: dict) -> list[dict]:
     rows = []
-    env = harness.environment(device)
-    for impl in impls:
-        fns = _step_fns(case.impls[impl], case.make())
+    make = contrastive_inputs if op == "contrastive" else group_attention_inputs
+    for provider in providers:
+        fn = provider_fn(op, provider, dims.get("heads"))
+        if fn is None:
+            continue
+        try:
+            fns = mode_fns(fn, make(**dims, device=device, dtype=dtype))
+        except RuntimeError as e:  # the kept forward graph of bwd already failed
+            fns = {mode: e for mode in MODES}
         for mode in MODES:
-            fn, setup = fns[mode]
-            m = harness.measure(fn, device, warmup=warmup, repeats=repeats, setup=setup)
-            rows.append({"op": case.op, "impl": impl, "mode": mode, "variant": case.variant, "x": case.x,
-                         "size": case.size, "median_ms": round(m.median_ms, 4), "p20_ms": round(m.p20_ms, 4),
-                         "p80_ms": round(m.p80_ms, 4), "peak_bytes": m.peak_bytes, "repeats": m.repeats, **env})
-            print(f"{case.op:16s} {case.size:24s} {impl:9s} {mode:8s} {m.median_ms:10.3f} ms "
-                  f"(p20 {m.p20_ms:.3f}, p80 {m.p80_ms:.3f})  peak {m.peak_bytes / 2**20:8.1f} MiB", flush=True)
+            call = fns[mode]
+            measured = failed(call) if isinstance(call, Exception) else measure_row(call, device, budget_s)
+            row = dict.fromkeys(COLUMNS) | context | dims | measured | {
+                "op": op, "provider": provider, "config": "",
+                "mode": mode, "dtype": str(dtype).removeprefix("torch."), "load_1min": round(os.getloadavg()[0], 2)}
+            rows.append(row)
+            shape = ",".join(f"{k}={v}" for k, v in dims.items())
+            timing = (f"{row['p50_ms']:10.4f} ms (p20 {row['p20_ms']:.4f}, p80 {row['p80_ms']:.4f}) "
+                      f"peak {row['peak_mb']:9.2f} MiB") if not row["error"] else row["error"]
+            print(f"{op:16s} {shape:28s} {provider:19s} {mode:8s} {timing}", flush=True)
     return rows
 
 
-def cases(quick: bool, device: torch.device, dtype: torch.dtype) -> list[Case]:
-    """The problems in run order: the sizes with targets (contrastive B = 256, the model's LSA) first."""
-    if quick:
-        return [contrastive_case(2, 16, 32, device, dtype), group_attention_case(3, 2, 5, 32, 4, device, dtype)]
-    batches = (256, 64, 1024, 4096) if device.type == "cuda" else (256, 64, 1024)
-    shapes = [(1, 768), (64, 768), (1, 192), (1, 384), (64, 192), (64, 384)]
-    return ([contrastive_case(12, B, 512, device, dtype) for B in batches]
-            + [group_attention_case(3, M, 5, D, 8, device, dtype) for M, D in shapes])
+def sweep_panels(rows: list[dict], sizes: Sizes) -> list[tuple[str, str, list[dict]]]:
+    """(title, dimension, rows) per op, swept dimension and mode: the rows whose other dimensions are at the base."""
+    panels = []
+    for op, sweeps in sizes.sweeps.items():
+        for dim in sweeps:
+            fixed = {k: v for k, v in sizes.base[op].items() if k != dim}
+            at_base = ", ".join(f"{k}={v}" for k, v in fixed.items())
+            for mode in MODES:
+                mine = [r for r in rows if r["op"] == op and r["mode"] == mode
+                        and all(r[k] == v for k, v in fixed.items())]
+                panels.append((f"{op} {mode}\n({at_base})", dim, mine))
+    return panels
+
+
+def default_providers(device: torch.device, quick: bool) -> list[str]:
+    """All on CUDA; on CPU all but triton, which only --quick runs there (interpreted: a smoke test, not a timing)."""
+    triton = device.type == "cuda" or (quick and kernel_device() == device)
+    return [p for p in PROVIDERS if p != "triton" or triton]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny shapes, 1 warm-up, 1 repeat (a smoke test)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder of ops.json/.csv/.png")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 10, quick 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default 3, quick 1)")
-    parser.add_argument("--impls", default=None, help=f"comma list out of {','.join(IMPLS)} "
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.ops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, short timing: checks the rows, not speed")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"),
+                        help="folder of ops.json / ops.csv / ops.png")
+    parser.add_argument("--providers", default=None, help=f"comma list out of {','.join(PROVIDERS)} "
                         "(default: all on CUDA, all but triton on CPU)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds of timing per (shape, provider, mode) (default 0.5 CUDA, 1.5 CPU, 0.02 quick)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    impls = args.impls.split(",") if args.impls else [i for i in IMPLS if device.type == "cuda" or i != "triton"]
-    unknown = set(impls) - set(IMPLS)
+    providers = args.providers.split(",") if args.providers else default_providers(device, args.quick)
+    unknown = set(providers) - set(PROVIDERS)
     if unknown:
-        parser.error(f"unknown --impls {sorted(unknown)}; choose from {IMPLS}")
-    warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 10)
+        parser.error(f"unknown --providers {sorted(unknown)}; choose from {', '.join(PROVIDERS)}")
+    budget = args.budget if args.budget is not None else 0.02 if args.quick else 0.5 if device.type == "cuda" else 1.5
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    rows = []
-    for case in cases(args.quick, device, dtype):  # results are written per problem: a timeout keeps what finished
-        case_rows = run_case(case, impls, device, warmup, repeats)
-        rows += case_rows
-        json_path, csv_path = harness.append_rows(case_rows, args.out, "ops")
-        png = harness.plot_rows(rows, Path(args.out) / "ops.png", x="x", y="median_ms",
-                                panel=("op", "variant", "mode"), series="impl", xlabel=X_LABEL,
-                                title=f"maavt_fast ops on {rows[0]['device']}")
+    sizes = SIZES["quick" if args.quick else device.type]
+    context = harness.environment(device) | {"run": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}
+    print(f"ops on {context['device']} ({context['threads']} threads), {dtype}, providers {', '.join(providers)}")
+    rows: list[dict] = []
+    shapes = [(op, dims) for op in sizes.base for dims in sizes.shapes(op)]
+    shapes.sort(key=lambda s: s[1] != sizes.base[s[0]])  # the base shapes (with the targets) first
+    for op, dims in shapes:
+        shape_rows = run_shape(op, dims, providers, device, dtype, budget, context)
+        rows += shape_rows
+        json_path, csv_path = harness.append_rows(shape_rows, args.out, "ops")
+    png = harness.plot_sweeps(rows, Path(args.out) / "ops.png", sweep_panels(rows, sizes), ("provider", "config"),
+                              title=f"maavt_fast ops on {context['device']}, {str(dtype).removeprefix('torch.')}")
     print(f"wrote {json_path}, {csv_path}, {png}")
     return 0
 

@@ -5,7 +5,7 @@ issue's targets and two charts per device; every other result file (`ops.json`, 
 gets a plain table of its latest run per device. `e2e.notes.md`, when present, is copied in as the
 analysis of the end-to-end numbers.
 
-    python benchmarks/report.py [--results DIR] [--out FILE]
+    python -m benchmarks.report [--results DIR] [--out FILE]
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def latest_runs(rows: list[dict]) -> dict[str, list[dict]]:
     """{device type: rows of the newest run_id measured on it} (run ids start with a UTC timestamp)."""
     by_dev: dict[str, dict[str, list[dict]]] = {}
     for r in rows:
-        kind = "cuda" if not r["device"].startswith("cpu") else "cpu"
+        kind = r.get("device_type") or ("cpu" if r["device"].startswith("cpu") else "cuda")  # older rows: no type
         by_dev.setdefault(kind, {}).setdefault(r["run_id"], []).append(r)
     return {kind: runs[max(runs)] for kind, runs in sorted(by_dev.items())}
 
@@ -205,6 +205,113 @@ def e2e_section(rows: list[dict], results: Path, md_dir: Path) -> str:
     return "\n\n".join(parts)
 
 
+OPS_TARGETS = (  # GPU (bf16, fwd+bwd): op, base shape, baseline provider, minimum speedup of triton over it
+    ("contrastive", {"L": 12, "B": 256, "P": 512}, "reference", 3.0),
+    ("contrastive", {"L": 12, "B": 256, "P": 512}, "reference-compiled", 1.5),
+    ("group_attention", {"G": 3, "M": 64, "n": 5, "D": 768, "heads": 8}, "reference", 3.0),
+)
+BIG_B = 16384  # contrastive batch where the fused kernel keeps O(B·P) memory and the references hold L·B² logits
+
+
+def latest_ops_runs(rows: list[dict]) -> dict[str, list[dict]]:
+    """{device type: rows of its newest run}; rows of the older schema (no `run` column) are left out."""
+    runs: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        if r.get("run"):
+            runs.setdefault(r["device_type"], {}).setdefault(r["run"], []).append(r)
+    return {kind: by_run[max(by_run)] for kind, by_run in sorted(runs.items())}
+
+
+def _cell(r: dict | None) -> str:
+    if r is None:
+        return "–"
+    if r["error"]:
+        return "failed: " + r["error"].split(":")[0]
+    ms = (f"{v:.0f}" if v >= 100 else f"{v:.3g}" for v in (r["p50_ms"], r["p20_ms"], r["p80_ms"]))
+    return "{} ({}–{}) · {:.3g} MiB".format(*ms, r["peak_mb"])
+
+
+def _shape(r: dict, dims: tuple[str, ...]) -> str:
+    return ", ".join(f"{d}={r[d]}" for d in dims)
+
+
+def ops_table(run: list[dict]) -> str:
+    """One line per (op, shape, mode): every provider's p50 (p20–p80) ms · peak MiB, then triton's speedups."""
+    from benchmarks.ops import DIMS, MODES, PROVIDERS
+
+    providers = [p for p in PROVIDERS if any(r["provider"] == p for r in run)]
+    by_key = {(r["op"], _shape(r, DIMS[r["op"]]), r["mode"], r["provider"], r["config"]): r for r in run}
+    lines = []
+    for op, shape in dict.fromkeys((r["op"], _shape(r, DIMS[r["op"]])) for r in run):
+        for mode in MODES:
+            cells = {p: by_key.get((op, shape, mode, p, "")) for p in providers}
+            fused = [r for k, r in by_key.items() if k[:4] == (op, shape, mode, "triton")]
+            fastest = min((r for r in fused if not r["error"]), key=lambda r: r["p50_ms"], default=None)
+            speedups = [f"{cells[p]['p50_ms'] / fastest['p50_ms']:.2f}x" if fastest and cells.get(p)
+                        and not cells[p]["error"] else "–" for p in ("reference", "reference-compiled")]
+            lines.append([op, shape, mode] + [_cell(cells[p]) if p != "triton" else _cell(fastest)
+                                              for p in providers] + speedups)
+    return _table(["op", "shape", "mode", *(f"{p} ms (p20–p80) · peak" for p in providers),
+                   "triton × reference", "triton × compiled"], lines)
+
+
+def ops_targets(cuda: list[dict]) -> str:
+    """The GPU targets, checked on the newest CUDA run, or listed as not measured."""
+    from benchmarks.ops import DIMS
+
+    if not cuda:
+        lines = [[f"{op} triton ≥ {x:g}x {base} (fwd+bwd, bf16, {_shape(shape, DIMS[op])})", "not measured (no GPU)"]
+                 for op, shape, base, x in OPS_TARGETS]
+        lines.append([f"contrastive peak memory O(B·P): triton runs B={BIG_B} where the references cannot",
+                      "not measured (no GPU)"])
+        return _table(["GPU target", "status"], lines)
+
+    def find(op, shape, provider):
+        return next((r for r in cuda if r["op"] == op and r["mode"] == "fwd+bwd" and r["provider"] == provider
+                     and all(r[k] == v for k, v in shape.items()) and not r["error"]), None)
+
+    lines = []
+    for op, shape, base, want in OPS_TARGETS:
+        fused, ref = find(op, shape, "triton"), find(op, shape, base)
+        got = ref["p50_ms"] / fused["p50_ms"] if fused and ref else None
+        lines.append([f"{op} triton ≥ {want:g}x {base} (fwd+bwd, bf16, {_shape(shape, DIMS[op])})",
+                      "not measured" if got is None else f"{got:.2f}x: " + ("met" if got >= want else "**missed**")])
+    big = {p: next((r for r in cuda if r["op"] == "contrastive" and r["B"] == BIG_B and r["provider"] == p
+                    and r["mode"] == "fwd+bwd"), None) for p in ("triton", "reference")}
+    status = " / ".join(f"{p}: " + ("not run" if r is None else r["error"].split(":")[0] if r["error"]
+                                    else f"{r['peak_mb']:.0f} MiB") for p, r in big.items())
+    lines.append([f"contrastive peak memory O(B·P) at B={BIG_B}", status])
+    return _table(["GPU target", "measured"], lines)
+
+
+def ops_section(rows: list[dict], results: Path, md_dir: Path) -> str:
+    parts = ["## Fused ops (`python -m benchmarks.ops`)",
+             "Every provider on the same inputs in one run: `reference` (the PyTorch reference, eager), "
+             "`reference-compiled` (`torch.compile` of it), `triton` (the fused kernels), and what users write "
+             "today: `openclip` (OpenCLIP's loss written out, once per block) and `per-group` (one attention "
+             "per group, as the release runs). Cells: median ms per call (p20–p80) · the peak memory one call "
+             "adds. `fwd` records autograd as in training; `bwd` differentiates one kept graph; `fwd+bwd` both. "
+             "`triton × reference` is the reference's median over triton's (higher: triton faster). Raw rows: "
+             "`results/ops.csv` / `ops.json` (columns in the README's Benchmarks section)."]
+    runs = latest_ops_runs(rows)
+    for kind, run in runs.items():
+        r0 = run[0]
+        loads = sorted(r["load_1min"] for r in run)
+        parts.append(f"### {r0['device']} ({kind}, {r0['threads']} threads, {r0['dtype']})\n\n"
+                     f"Run `{r0['run']}`, commit `{r0['commit']}`, torch {r0['torch']}, triton {r0['triton']}, "
+                     f"timer `{next((r['timer'].split('(')[0] for r in run if r['timer']), '')}`, 1-min load "
+                     f"{loads[0]:g}–{loads[-1]:g}.")
+        parts.append(ops_table(run))
+        png = results / "ops.png"
+        if png.is_file() and kind == max(runs, key=lambda k: runs[k][0]["run"]):  # the plot is of the newest run
+            parts.append(f"![ops]({os.path.relpath(png, md_dir)})")
+    parts.append("### GPU targets\n\n" + ops_targets(runs.get("cuda", [])))
+    notes = results / "ops.notes.md"  # dated notes on the runs above
+    if notes.is_file():
+        parts.append(notes.read_text().strip())
+    return "\n\n".join(parts)
+
+
 def generic_section(name: str, rows: list[dict], results: Path, md_dir: Path) -> str:
     """A plain table of the newest run of each device in a list-of-rows result file."""
     parts = [f"## `{name}.json`"]
@@ -234,15 +341,18 @@ def _within_hour(r: dict, last: dict) -> bool:
 def render(results: Path, out: Path) -> Path:
     """Write `out` (Markdown) from every `*.json` under `results`; charts go next to the JSON files."""
     sections = ["# Benchmark results",
-                "Generated by `python benchmarks/report.py` from `benchmarks/results/*.json`; do not edit by hand. "
-                "Reproduce with `maavt bench e2e` (CPU: about half an hour on 2 cores), `maavt bench ops`, "
-                "`maavt bench data`, or `bash benchmarks/gpu_check.sh` on a GPU machine."]
+                "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json` (the newest run of "
+                "each benchmark per device); do not edit by hand. Reproduce with `python -m benchmarks.ops`, "
+                "`python -m benchmarks.e2e` (CPU: about half an hour on 2 cores), `python -m benchmarks.data`, "
+                "or `bash benchmarks/gpu_check.sh` on a GPU machine."]
     for path in sorted(results.glob("*.json")):
         rows = json.loads(path.read_text())
         if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
             sections.append(f"## `{path.name}`\n\nNot a list of result rows; skipped.")
         elif path.stem == "e2e":
             sections.append(e2e_section(rows, results, out.parent))
+        elif path.stem == "ops":
+            sections.append(ops_section(rows, results, out.parent))
         elif path.stem == "e2e.interleaved":
             continue  # rendered inside the e2e section
         else:
@@ -252,7 +362,7 @@ def render(results: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="benchmarks/report.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)

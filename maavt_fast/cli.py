@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
+import os
+import subprocess
 import sys
 import typing
 import warnings
@@ -180,17 +181,14 @@ def benchmarks_dir() -> Path:
 
 
 def cmd_bench(args, _overrides) -> int:
+    """`python -m benchmarks.NAME ARGS` with the checkout on PYTHONPATH (relative paths stay the caller's)."""
     path = benchmarks_dir() / f"{args.name}.py"
     if not path.is_file():
         raise CliError(f"benchmark script {path} not found: the benchmarks live in the source checkout, not in the "
                        "installed package; run from a clone of the repository (pip install -e .)")
-    spec = importlib.util.spec_from_file_location(f"maavt_benchmarks_{args.name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up there
-    spec.loader.exec_module(module)
-    if not hasattr(module, "main"):
-        raise CliError(f"{path} has no main(argv) function")
-    return int(module.main(args.bench_args) or 0)
+    root = str(path.parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", f"benchmarks.{args.name}", *args.bench_args], env=env).returncode
 
 
 def _no_overrides(cmd: str, overrides: dict[str, str]) -> None:

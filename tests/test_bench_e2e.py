@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks import e2e, report
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks import e2e, report  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -31,7 +31,7 @@ def quick_run(tmp_path_factory):
     argv = ["--quick", "--device", "cpu", "--impls", "reference,fast-eager", "--out", str(out),
             "--profile", str(out / "profile"), "--note", "test"]
     for extra in ([], ["--interleaved"]):
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "e2e.py"), *argv, *extra], check=True,
+        subprocess.run([sys.executable, "-m", "benchmarks.e2e", *argv, *extra], check=True,
                        capture_output=True, text=True, cwd=ROOT)
     report.main(["--results", str(out), "--out", str(out / "RESULTS.md")])
     return out
@@ -111,15 +111,15 @@ def test_gpu_check_script_parses_and_dry_run_lists_every_step(tmp_path):
     subprocess.run(["bash", "-n", str(script)], check=True)
     out = subprocess.run(["bash", str(script), "--dry-run"], check=True, capture_output=True, text=True,
                          env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path / "out")}).stdout
-    for step in ("[environment]", "[gpu-tests]", "-m gpu tests", "[ops]", "benchmarks/ops.py", "[e2e]",
-                 "benchmarks/e2e.py --device cuda", "[report]"):
+    for step in ("[install]", "[environment]", "[gpu-tests]", "-m gpu tests", "[ops]", "-m benchmarks.ops", "[e2e]",
+                 "-m benchmarks.e2e --device cuda", "[report]"):
         assert step in out, step
     assert str(tmp_path / "out") in out and not (tmp_path / "out").exists()  # a dry run writes nothing
 
 
-def test_maavt_bench_e2e_reaches_the_benchmark(capsys):
+@pytest.mark.parametrize("name", ["ops", "e2e", "data"])
+def test_maavt_bench_runs_the_benchmark_module(capfd, name):
     from maavt_fast import cli
 
-    with pytest.raises(SystemExit) as e:
-        cli.main(["bench", "e2e", "--help"])
-    assert e.value.code == 0 and "--profile DIR" in capsys.readouterr().out
+    assert cli.main(["bench", name, "--help"]) == 0
+    assert f"usage: python -m benchmarks.{name}" in capfd.readouterr().out

@@ -152,13 +152,17 @@ def test_synth_command(capsys, tmp_path):
     assert code == 2 and "takes no config overrides" in err
 
 
-def test_bench_runs_the_checkout_script_or_says_where_it_looked(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path)
-    code, _, err = run_main(["bench", "ops", "--quick"], capsys)
-    assert code == 2 and f"{tmp_path / 'ops.py'} not found" in err
-    (tmp_path / "ops.py").write_text("def main(argv):\n    print('ARGS', argv)\n    return 0\n")
-    code, out, _ = run_main(["bench", "ops", "--quick", "--n", "3"], capsys)
-    assert code == 0 and "ARGS ['--quick', '--n', '3']" in out
+def test_bench_runs_the_checkout_module_or_says_where_it_looked(capfd, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path / "benchmarks")
+    monkeypatch.chdir(tmp_path / "..")  # relative paths stay the caller's: the module runs from here
+    assert cli.main(["bench", "ops", "--quick"]) == 2
+    assert f"{tmp_path / 'benchmarks' / 'ops.py'} not found" in capfd.readouterr().err
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "__init__.py").write_text("")
+    (tmp_path / "benchmarks" / "ops.py").write_text(
+        "import os, sys\nprint('ARGS', __name__, sys.argv[1:], os.getcwd())\nsys.exit(3)\n")
+    assert cli.main(["bench", "ops", "--quick", "--n", "3"]) == 3
+    assert f"ARGS __main__ ['--quick', '--n', '3'] {tmp_path.parent}" in capfd.readouterr().out
 
 
 def test_nonfinite_loss_exits_nonzero_naming_the_step(capsys, tmp_path, data_root):

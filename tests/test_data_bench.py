@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_data_benchmark_quick_writes_rows(tmp_path):
-    run = subprocess.run([sys.executable, str(ROOT / "benchmarks/data.py"), "--quick", "--device", "cpu",
-                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "benchmarks.data", "--quick", "--device", "cpu",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = json.loads((tmp_path / "data.json").read_text())
     with open(tmp_path / "data.csv") as f:
@@ -21,3 +21,5 @@ def test_data_benchmark_quick_writes_rows(tmp_path):
     for r in rows:
         assert r["samples"] > 0 and r["samples_per_s"] > 0 and r["model_samples_per_s"] > 0
         assert r["recipe"] == "vggsound-train-224" and r["quick"] is True
+        for key in ("device", "device_type", "threads", "torch", "triton", "commit", "date", "load_1min"):
+            assert r[key] not in (None, ""), key

@@ -1,14 +1,12 @@
 """What benchmarks/gpu_check.sh runs on a lent GPU box imports nothing that box lacks.
 
 The box has only torch, triton, timm (with torchvision, pillow, safetensors, huggingface_hub, pyyaml),
-numpy, pytest and matplotlib, plus what those require, and runs from a plain checkout (PYTHONPATH=.,
-maavt_fast not pip-installed). Its time is scarce, so this simulates it here: a `sitecustomize` placed
-first on PYTHONPATH hides every other installed distribution (its modules: find_spec -> None, import ->
-ModuleNotFoundError; its metadata: from importlib.metadata, so pytest loads no plugin of theirs) and
-drops the editable install's finder (so `maavt_fast`, and `maavt_fast.kernels` from `kernels/`, come from
-the checkout alone). Under it, in subprocesses: the steps gpu_check.sh --dry-run lists collect (pytest)
-and start (--help), every project module those steps import, even inside functions, imports, and no
-function-level import of a hidden package waits on the GPU path.
+numpy, pytest and matplotlib, plus what those require; gpu_check.sh installs the checkout into it first
+(`pip install --no-deps --no-build-isolation -e .`, no PYTHONPATH). Its time is scarce, so this simulates
+it here (tests/hidden_dists.py): a `sitecustomize` hides every other installed distribution and keeps
+this checkout's editable install. Under it, in subprocesses: the steps gpu_check.sh --dry-run lists
+collect (pytest) and start (--help), every project module those steps import, even inside functions,
+imports, and no function-level import of a hidden package waits on the GPU path.
 """
 from __future__ import annotations
 
@@ -25,6 +23,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hidden_dists import allowed_dists as _allowed
+from hidden_dists import hidden as _hidden
+from hidden_dists import hiding_env
+from hidden_dists import is_hidden as _is_hidden
+from hidden_dists import norm as _norm
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,109 +43,23 @@ OPTIONAL_IMPORTS = {
                                                 "gpu_check.sh installs it first from XFORMERS_WHEEL)",
 }
 
-BLOCKER = '''\
-"""GPU-box simulation (tests/test_gpu_box_imports.py): hide what the box does not install."""
-import re
-import sys
 
-GPU_BOX_BLOCKER = True
-HIDDEN_MODULES = {modules!r}
-HIDDEN_DISTS = {dists!r}
-
-
-def _hidden(name):
-    return any(name == m or name.startswith(m + ".") for m in HIDDEN_MODULES)
-
-
-class _Hide:
-    """Wraps a meta path finder: hidden modules are not found, hidden distributions not listed."""
-
-    def __init__(self, finder):
-        self._finder = finder
-
-    def find_spec(self, name, path=None, target=None):
-        find = getattr(self._finder, "find_spec", None)
-        return None if _hidden(name) or find is None else find(name, path, target)
-
-    def find_distributions(self, *args, **kwargs):
-        find = getattr(self._finder, "find_distributions", None)
-        for dist in find(*args, **kwargs) if find is not None else ():
-            if re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower() not in HIDDEN_DISTS:
-                yield dist
-
-    def invalidate_caches(self):
-        if hasattr(self._finder, "invalidate_caches"):
-            self._finder.invalidate_caches()
-
-    def __getattr__(self, attr):
-        if attr == "_finder":
-            raise AttributeError(attr)
-        return getattr(self._finder, attr)
-
-
-def _editable(obj):
-    return "__editable__" in (getattr(obj, "__module__", None) or "") + repr(obj)
-
-
-sys.meta_path[:] = [_Hide(f) for f in sys.meta_path if not _editable(f)]
-sys.path_hooks[:] = [h for h in sys.path_hooks if not _editable(h)]
-sys.path[:] = [p for p in sys.path if "__editable__" not in p]
-sys.path_importer_cache.clear()
-'''
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-@functools.cache
 def allowed_dists() -> frozenset[str]:
-    """ALLOWED_ROOTS and everything they require here, following the extras a requirement names."""
-    seen: set[tuple[str, str]] = set()
-    todo = [(name, "") for name in ALLOWED_ROOTS]
-    while todo:
-        name, extra = todo.pop()
-        if (name, extra) in seen:
-            continue
-        seen.add((name, extra))
-        try:
-            requires = md.requires(name) or []
-        except md.PackageNotFoundError:
-            continue
-        for line in requires:
-            req = Requirement(line)
-            if req.marker is None or req.marker.evaluate({"extra": extra}):
-                todo += [(_norm(req.name), e) for e in ("", *req.extras)]
-    return frozenset(_norm(name) for name, _ in seen)
+    return _allowed(ALLOWED_ROOTS)
 
 
-@functools.cache
 def hidden() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(modules, distributions) to hide: every installed distribution outside allowed_dists()."""
-    installed = {_norm(d.metadata["Name"]) for d in md.distributions() if d.metadata["Name"]}
-    dists = installed - allowed_dists()
-    provided: dict[str, set[str]] = {}
-    for module, owners in md.packages_distributions().items():
-        for owner in owners:
-            provided.setdefault(_norm(owner), set()).add(module)
-    keep = set().union(*(provided.get(d, set()) for d in allowed_dists())) | {"maavt_fast"}
-    modules = set(ALWAYS_HIDDEN).union(*(provided.get(d, set()) for d in dists)) - keep
-    return tuple(sorted(modules)), tuple(sorted(dists))  # the maavt-fast distribution too: not installed there
+    return _hidden(ALLOWED_ROOTS, ALWAYS_HIDDEN)
 
 
 def is_hidden(module: str) -> bool:
-    return any(module == m or module.startswith(m + ".") for m in hidden()[0])
+    return _is_hidden(module, hidden()[0])
 
 
 @pytest.fixture(scope="module")
 def box_env(tmp_path_factory) -> dict[str, str]:
-    """Environment of a subprocess that sees what the GPU box has, from this checkout (cwd=ROOT)."""
-    blocker = tmp_path_factory.mktemp("gpu_box")
-    modules, dists = hidden()
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(modules=modules, dists=dists))
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONHOME", "PYTHONSTARTUP")}
-    env.update(PYTHONPATH=os.pathsep.join([str(blocker), str(ROOT)]), PYTHONNOUSERSITE="1")
-    return env
+    """Environment of a subprocess that sees what the GPU box has, with this checkout installed (cwd=ROOT)."""
+    return hiding_env(tmp_path_factory.mktemp("gpu_box"), ALLOWED_ROOTS, ALWAYS_HIDDEN)
 
 
 def run(argv: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -155,15 +72,16 @@ def gpu_check_steps() -> dict[str, list[str]]:
     env = {k: v for k, v in os.environ.items() if k not in ("OUT", "XFORMERS_WHEEL")}
     out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True, timeout=60).stdout
-    line = re.compile(r"^== \[(gpu-tests|ops|e2e|report)\] \(limit \d+s\) (.*)$", re.M)
+    line = re.compile(r"^== \[(install|gpu-tests|ops|e2e|report)\] \(limit \d+s\) (.*)$", re.M)
     steps = {m[1]: shlex.split(m[2])[1:] for m in line.finditer(out)}
-    assert steps.keys() == {"gpu-tests", "ops", "e2e", "report"}, out
+    assert steps.keys() == {"install", "gpu-tests", "ops", "e2e", "report"}, out
     return steps
 
 
 def test_the_simulated_box_hides_what_it_lacks_and_imports_the_checkout(box_env):
     """Not vacuous: hidden packages installed here stop importing, allowed ones still import, and
-    maavt_fast (with maavt_fast.kernels) comes from this checkout with no installed distribution."""
+    maavt_fast (with maavt_fast.kernels from kernels/) comes from this checkout's install, not PYTHONPATH."""
+    assert str(ROOT) not in box_env["PYTHONPATH"].split(":")
     modules, dists = hidden()
     # the closure of what the box installs holds none of what the project needs beyond it
     lacking = {"av", "soundfile", "h5py", "torchaudio", "nvidia-dali-cuda130", "xformers", "hypothesis"}
@@ -173,7 +91,7 @@ def test_the_simulated_box_hides_what_it_lacks_and_imports_the_checkout(box_env)
                   if line.strip() and not line.lstrip().startswith("#"))]
     for req in map(Requirement, declared):
         name = _norm(req.name)
-        if name not in allowed_dists():
+        if name not in allowed_dists() and name != "maavt-fast":  # the extras name the package itself
             try:
                 md.distribution(name)
             except md.PackageNotFoundError:
@@ -183,7 +101,7 @@ def test_the_simulated_box_hides_what_it_lacks_and_imports_the_checkout(box_env)
     assert "av" in here, "PyAV (a base dependency) should be installed here: else `import av` proves nothing"
     code = f"""
 import importlib.util, importlib.metadata as md, json, sys
-out = {{"blocker": getattr(sys.modules.get("sitecustomize"), "GPU_BOX_BLOCKER", False), "imported": []}}
+out = {{"blocker": getattr(sys.modules.get("sitecustomize"), "HIDING_BLOCKER", False), "imported": []}}
 for name in {here!r}:
     try:
         __import__(name)
@@ -205,9 +123,17 @@ print(json.dumps(out))
     assert got["blocker"], "the sitecustomize blocker did not load"
     assert got["imported"] == [], f"hidden packages still import under the blocker: {got['imported']}"
     assert got["maavt_fast"] == [str(ROOT / "maavt_fast" / "__init__.py"), str(ROOT / "kernels" / "__init__.py")]
-    assert not got["maavt_fast_dist"] and not got["hypothesis_plugin"]
+    assert got["maavt_fast_dist"] and not got["hypothesis_plugin"]  # installed (editable) as gpu_check.sh does
     proc = run([sys.executable, "-c", "import av"], box_env)
     assert proc.returncode != 0 and "ModuleNotFoundError: No module named 'av'" in proc.stderr
+
+
+def test_gpu_check_installs_the_checkout_instead_of_pythonpath():
+    """The box imports the package the way users do: the checkout installed (editable, else a copy)."""
+    assert gpu_check_steps()["install"] == ["-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."]
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    assert "--no-build-isolation ." in script  # the non-editable fallback
+    assert not re.search(r"^\s*export PYTHONPATH=\.", script, re.M)
 
 
 def _find_spec(name: str):
@@ -232,9 +158,9 @@ def test_gpu_tests_collect_without_errors(box_env):
 
 @pytest.mark.parametrize("step", ["ops", "e2e", "report"])
 def test_benchmark_scripts_start(box_env, step):
-    script = gpu_check_steps()[step][0]
-    assert re.fullmatch(r"benchmarks/\w+\.py", script), gpu_check_steps()[step]
-    proc = run([sys.executable, script, "--help"], box_env)
+    flag, module = gpu_check_steps()[step][:2]
+    assert flag == "-m" and re.fullmatch(r"benchmarks\.\w+", module), gpu_check_steps()[step]
+    proc = run([sys.executable, "-m", module, "--help"], box_env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "usage:" in proc.stdout
 
@@ -303,7 +229,7 @@ def gpu_path_imports() -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
     (file, third-party module) pairs imported outside a try/except ImportError anywhere in them."""
     steps = gpu_check_steps()
     entries = [a for a in steps["gpu-tests"] if a.startswith("tests/")]
-    entries += [steps[s][0] for s in ("ops", "e2e", "report")]
+    entries += [steps[s][1].replace(".", "/") + ".py" for s in ("ops", "e2e", "report")]
     todo = [(ROOT / e, "conftest" if e.endswith("conftest.py") else ".".join(Path(e).with_suffix("").parts))
             for e in [*entries, "tests/conftest.py"]]
     project: set[str] = set()

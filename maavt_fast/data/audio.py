@@ -8,11 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
+from maavt_fast._extras import requires
 from maavt_fast.config import AudioConfig
 from maavt_fast.data.errors import DataError, require_file
+
+with requires("data", __name__):
+    import soundfile as sf
 
 LOG_EPS = 1e-7  # log(|S| + LOG_EPS)
 STD_EPS = 1e-9  # (x - mean) / (std + STD_EPS)
@@ -109,7 +112,8 @@ def fbank_windows(wave: np.ndarray, cfg: AudioConfig, count: int) -> list[np.nda
 
 def fbank_spectrogram(window: np.ndarray, cfg: AudioConfig, img_size: int) -> torch.Tensor:
     """(n,) waveform -> AVE's normalised Kaldi fbank, (img_size time, img_size mel) float32."""
-    import torchaudio.compliance.kaldi as kaldi
+    with requires("data", __name__):
+        import torchaudio.compliance.kaldi as kaldi
 
     ms = 1000.0 / cfg.sample_rate
     feats = kaldi.fbank(torch.from_numpy(window.astype(np.float32))[None], htk_compat=True, use_energy=False,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from maavt_fast._extras import requires
 from maavt_fast.data.audio import LOG_EPS, STD_EPS, clip_spectrograms, clipped_window, hann
 from maavt_fast.data.dataset import ClipDataset
 from maavt_fast.data.errors import DataError, require_file
@@ -124,8 +125,9 @@ class HostSource:
 
 def build_pipeline(source: HostSource, batch_size: int, num_workers: int, device_id: int | None):
     """The DALI pipeline for `source`; outputs image (T,3,S,S), audio (T,S,S), label, index, valid."""
-    from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali import math as dmath
+    with requires("dali", __name__):
+        from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali import math as dmath
 
     ds = source.dataset
     cfg, s, t = ds.cfg, ds.img_size, ds.cfg.frames_per_clip

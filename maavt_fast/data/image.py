@@ -12,7 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from maavt_fast._extras import requires
+
+with requires("data", __name__):
+    from PIL import Image
 
 from maavt_fast.data.errors import DataError, require_file
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maavt_fast._extras import requires
 from maavt_fast.config import BG_LABEL, DataConfig
 from maavt_fast.data.errors import DataError
 from maavt_fast.data.sampling import split_rng
@@ -203,10 +204,8 @@ def _ave_tables(root: str) -> tuple[list[str], list[str], np.ndarray]:
 
 @functools.lru_cache(maxsize=4)
 def _read_ave_tables(root: str, _stamp: tuple) -> tuple[list[str], list[str], np.ndarray]:
-    try:
+    with requires("data", __name__):
         import h5py
-    except ImportError:  # pragma: no cover - h5py is a declared dependency
-        raise DataError(root, "reading AVE needs h5py (pip install h5py)") from None
     root_p = Path(root)
     ann = root_p / "Annotations.txt"
     if not ann.is_file():
@@ -225,7 +224,8 @@ def _read_ave_tables(root: str, _stamp: tuple) -> tuple[list[str], list[str], np
 
 
 def _read_h5(path: Path, key: str) -> np.ndarray:
-    import h5py
+    with requires("data", __name__):
+        import h5py
 
     if not path.is_file():
         raise DataError(path, "file is missing")

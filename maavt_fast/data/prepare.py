@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
+from maavt_fast._extras import requires
 from maavt_fast.data.errors import DataError
 from maavt_fast.data.manifests import VIDEO_SUFFIXES
+
+with requires("data", __name__):
+    import soundfile as sf
 
 SAMPLE_RATE = 16000
 
@@ -42,7 +45,8 @@ def _outputs(video: Path, videos_dir: Path, out_dir: Path) -> tuple[Path, Path]:
 
 def extract_audio(video: Path, wav: Path) -> None:
     """The first audio stream of `video` as 16 kHz mono PCM16 WAV; DataError if there is none."""
-    import av
+    with requires("data", __name__):
+        import av
 
     from maavt_fast.data.video import open_video
 
@@ -74,7 +78,8 @@ def extract_frames(video: Path, folder: Path) -> int:
 
 def _prepare_one(video: Path, videos_dir: Path, out_dir: Path, audio_only: bool) -> tuple[str, str]:
     """('done' | 'skipped' | 'failed', reason) for one video."""
-    import av
+    with requires("data", __name__):
+        import av
 
     frames, wav = _outputs(video, videos_dir, out_dir)
     marker = wav.with_suffix(".audio.done" if audio_only else ".done")

@@ -12,8 +12,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-from PIL import Image
+
+from maavt_fast._extras import requires
+
+with requires("data", __name__):
+    import soundfile as sf
+    from PIL import Image
 
 SHAPES = ("disc", "square", "ring", "diamond", "hstripes", "vstripes", "cross", "triangle")
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 235), "yellow": (235, 220, 40),

@@ -15,9 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
+from maavt_fast._extras import requires
 from maavt_fast.data.errors import DataError, require_file
+
+with requires("data", __name__):
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class VideoInfo:
 
 def open_video(path: Path):
     """An open PyAV container with a video stream; DataError if missing, empty, unreadable or without video."""
-    import av
+    with requires("data", __name__):
+        import av
 
     require_file(path, "video")
     try:
@@ -57,7 +61,8 @@ def open_video(path: Path):
 @functools.lru_cache(maxsize=4096)
 def probe(path: str | Path) -> VideoInfo:
     """VideoInfo, counting frames by demuxing packets (exact, no decoding)."""
-    import av
+    with requires("data", __name__):
+        import av
 
     path = Path(path)
     container = open_video(path)
@@ -100,7 +105,8 @@ def yuv_to_rgb(frame) -> np.ndarray:
 
 def read_frames(path: str | Path, numbers: list[int]) -> list[Image.Image]:
     """RGB frames with the given native frame numbers, decoded sequentially from the start."""
-    import av
+    with requires("data", __name__):
+        import av
 
     path = Path(path)
     wanted = sorted(set(numbers))

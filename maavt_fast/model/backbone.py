@@ -11,13 +11,16 @@ import re
 from pathlib import Path
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
+from maavt_fast._extras import requires
 from maavt_fast.config import ModelConfig
 from maavt_fast.safe_load import load_data_only
+
+with requires("model", __name__):
+    import timm
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from maavt_fast._extras import requires
+
 Layout = tuple[tuple[int, int], ...]  # ((num_sequences, seq_len), ...) per stream, in row order
 
 
@@ -48,8 +50,9 @@ def _batched_attention(qkv: torch.Tensor, layout: Layout, num_heads: int, backen
 
 
 def _xformers_attention(qkv: torch.Tensor, layout: Layout, num_heads: int) -> torch.Tensor:
-    import xformers.ops as xops
-    from xformers.ops.fmha.attn_bias import BlockDiagonalMask
+    with requires("xformers", __name__):
+        import xformers.ops as xops
+        from xformers.ops.fmha.attn_bias import BlockDiagonalMask
 
     t, d = qkv.shape[0], qkv.shape[-1] // 3
     if len(layout) == 1:

@@ -19,7 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from maavt_fast._extras import requires
 from maavt_fast.train.metrics import top_confusions
+
+with requires("train", __name__):
+    import matplotlib  # noqa: F401  (present or a one-line error; its object API is imported where used)
 
 CELL_VALUES_UP_TO = 30  # classes up to which each cell's value is printed
 CLASS_NAMES_UP_TO = 60  # classes up to which the axes carry class names (indices beyond)
