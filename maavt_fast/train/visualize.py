@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import html
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 from maavt_fast._extras import requires
 from maavt_fast.train.metrics import top_confusions
 
-with requires("train", __name__):
-    import matplotlib  # noqa: F401  (present or a one-line error; its object API is imported where used)
+with requires("train", __name__):  # found, not imported: matplotlib loads on the first plot
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
 
 CELL_VALUES_UP_TO = 30  # classes up to which each cell's value is printed
 CLASS_NAMES_UP_TO = 60  # classes up to which the axes carry class names (indices beyond)
