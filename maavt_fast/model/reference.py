@@ -123,6 +123,6 @@ class ReferenceMAAVT(MAAVT):
                 out.loss_bg = F.binary_cross_entropy_with_logits(out.bg_logits, (~keep).to(out.bg_logits.dtype))
                 out.loss = out.loss + out.loss_bg
             if cnt:
-                out.loss_cnt = sum(cnt) / len(cnt)
-                out.loss = out.loss + out.loss_cnt
+                out.loss_contrastive = sum(cnt) / len(cnt)
+                out.loss = out.loss + out.loss_contrastive
         return out

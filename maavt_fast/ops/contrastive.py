@@ -135,19 +135,21 @@ _fused_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None,
                                temperature: float | torch.Tensor = 0.07, normalize: bool = True,
-                               reduction: str = "mean", impl: str = "auto", gather: bool = False) -> torch.Tensor:
+                               reduction: str = "mean", impl: str = "auto", gather: bool = False,
+                               group: torch.distributed.ProcessGroup | None = None) -> torch.Tensor:
     """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton".
 
     gather=True (with a process group of W > 1 ranks) scores the local rows against the features of
-    all ranks (see `maavt_fast.ops.distributed`); with one rank or no process group it changes nothing.
+    all ranks of `group` (None: the default group; see `maavt_fast.ops.distributed`); with one rank or
+    no process group it changes nothing.
     """
     _check_inputs(audio, visual, keep, temperature, reduction)
     L, B, _ = audio.shape
     keep = torch.ones(B, dtype=torch.bool, device=audio.device) if keep is None else keep.contiguous()
-    gathered = gather and distributed.gather_active()
+    gathered = gather and distributed.multi_rank(group)
     row_start = 0
     if gathered:
-        audio, visual, keep, row_start = distributed.gather_features(audio, visual, keep)
+        audio, visual, keep, row_start = distributed.gather_features(audio, visual, keep, group)
     if use_triton(impl, "blockwise_contrastive_loss", _KERNELS, audio, visual):
         temp = _temperature_tensor(temperature, L, audio.device)
         per_block = _fused_forward(audio, visual, keep, temp, row_start, B, normalize)[0]
@@ -155,7 +157,7 @@ def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: 
         per_block = blockwise_contrastive_loss_reference(audio, visual, keep, temperature, normalize, "none",
                                                          row_start, B)
     if gathered:
-        per_block = distributed.global_loss(per_block)
+        per_block = distributed.global_loss(per_block, group)
     return _reduce(per_block, reduction)
 
 

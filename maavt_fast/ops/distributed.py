@@ -21,25 +21,36 @@ import torch.distributed._functional_collectives as funcol
 _all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
-def gather_active() -> bool:
-    """True when a process group with more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def multi_rank(group: dist.ProcessGroup | None = None) -> bool:
+    """True when torch.distributed is running and `group` (None: the default group) has more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
-def gather_features(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(L, B, P) x2 and keep (B,) -> global (L, W*B, P) x2 (with autograd), keep (W*B,), this rank's first row."""
+def gather_features(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor,
+                    group: dist.ProcessGroup | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """(L, B, P) x2 and keep (B,) -> global (L, W*B, P) x2 (with autograd), keep (W*B,), this rank's first row,
+    over the W ranks of `group` (None: the default group)."""
     L, B, P = audio.shape
-    W, group = dist.get_world_size(), dist.group.WORLD
+    group = dist.group.WORLD if group is None else group
+    W = dist.get_world_size(group)
     stacked = _all_gather(torch.cat([audio, visual]), 0, group)  # (W*2L, B, P), rank-major
     features = stacked.view(W, 2 * L, B, P).transpose(0, 1).reshape(2 * L, W * B, P)
     keep_all = _all_gather(keep.to(torch.uint8), 0, group).bool()  # (W*B,)
-    return features[:L], features[L:], keep_all, dist.get_rank() * B
+    return features[:L], features[L:], keep_all, dist.get_rank(group) * B
 
 
-def global_loss(local: torch.Tensor) -> torch.Tensor:
+def global_loss(local: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Local share (L,) -> full-batch value (L,) whose gradient is W x the local one (see module doc)."""
     total = local.detach().clone()
-    dist.all_reduce(total)  # Dynamo traces it as the functional all_reduce
-    scaled = local * dist.get_world_size()
+    dist.all_reduce(total, group=group)  # Dynamo traces it as the functional all_reduce
+    scaled = local * dist.get_world_size(group)
     return scaled + (total - scaled.detach())
+
+
+def mean_over_ranks(count: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """The mean of a per-rank count over the ranks of `group` (no gradient); the count itself on one rank."""
+    if not multi_rank(group):
+        return count
+    total = count.detach().to(torch.float64)
+    dist.all_reduce(total, group=group)
+    return total / dist.get_world_size(group)
