@@ -22,7 +22,7 @@ OPTIONS = {
     "contrastive_final": {"model__contrastive": "final"},
     "contrastive_cmn": {"model__contrastive": "blockwise_cmn"},
     "contrastive_off": {"model__contrastive": "none"},
-    "no_parity": {"model__parity": "false"},
+    "no_release_quirks": {"model__release_quirks": "false"},
     "no_bg_token": {"model__bg_token": "false"},
     "no_lsa": {"model__lsa": "false"},
     "no_unimodal": {"model__unimodal_tokens": "false"},

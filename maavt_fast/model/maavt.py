@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maavt_fast.config import ModelConfig
+from maavt_fast.config import PATCH_SIZE, ModelConfig
 from maavt_fast.model.backbone import build_vit, check_state_dict_fits, embed_patches, position_embedding
 from maavt_fast.model.blocks import Layout, resolve_backend, run_block, stream_views
 from maavt_fast.model.loss import MAAVTLoss
 from maavt_fast.model.outputs import MAAVTOutput
-from maavt_fast.model.tokens import LearnableTokens
+from maavt_fast.model.tokens import LearnableTokens, upgrade_lsa_keys
 from maavt_fast.ops import blockwise_projection
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class MAAVT(nn.Module):
         self.cfg = cfg
         self.vit = build_vit(cfg)
         dim, depth = self.vit.embed_dim, len(self.vit.blocks)
-        self.vit.cls_token.requires_grad_(cfg.parity)  # the release trains the ViT CLS token (spec §2.4)
+        self.vit.cls_token.requires_grad_(cfg.release_quirks)  # the release trains the ViT CLS token (spec §2.4)
         self.tokens = LearnableTokens(cfg, dim)
         self.bg_cls_token = nn.Parameter(torch.randn(1, dim)) if cfg.bg_token else None
         n_heads = {"blockwise_sep": depth, "blockwise_cmn": 1, "final": 1}.get(cfg.contrastive, 0)
@@ -73,7 +73,7 @@ class MAAVT(nn.Module):
         parts = [self.vit.cls_token.expand(p.shape[0], -1, -1), p]
         if self.bg_cls_token is not None:
             parts.append(self.bg_cls_token.expand(p.shape[0], -1, -1))
-        return torch.cat(parts, dim=1) + position_embedding(self.vit, self.cfg.bg_token, self.cfg.parity)
+        return torch.cat(parts, dim=1) + position_embedding(self.vit, self.cfg.bg_token, self.cfg.release_quirks)
 
     def _with_tokens(self, base: list[torch.Tensor], tok: dict[str, torch.Tensor]) -> torch.Tensor:
         """Append each stream's unimodal + shared tokens and flatten: -> `(T, D)` stream-major."""
@@ -125,7 +125,7 @@ class MAAVT(nn.Module):
             means = torch.stack(shared_means, dim=1)  # (2, L, N, D): streams [audio, visual]
             out.contrastive_features = (self.audio_proj(means[0]), self.visual_proj(means[1]))
         if attn is not None:
-            side = self.cfg.img_size // 16
+            side = self.cfg.img_size // PATCH_SIZE
             out.attn = attn.view(n, side, side)
         if label is not None:
             MAAVTLoss(self.cfg)(out, label)
@@ -143,8 +143,9 @@ class MAAVT(nn.Module):
         return {k: p.detach().clone() for k, p in self.named_trainable_parameters()}
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        """Strict: every trainable parameter, nothing else, matching shapes."""
+        """Strict: every trainable parameter, nothing else, matching shapes (older LSA key names are upgraded)."""
         own = dict(self.named_trainable_parameters())
+        sd = upgrade_lsa_keys(dict(sd), "tokens.")
         check_state_dict_fits(own, sd, "the trainable state")
         with torch.no_grad():
             for k, p in own.items():
@@ -156,8 +157,8 @@ class MAAVT(nn.Module):
         for m, proj in (("audio", self.audio_proj), ("visual", self.visual_proj)):
             if m in self.tokens.groups:
                 out[m].append(getattr(self.tokens, m))
-                if self.tokens.lsa:
-                    out[m].extend(self.tokens.lsa_module(m).parameters())
+                if self.tokens.lsa is not None:
+                    out[m].extend(self.tokens.lsa[m].parameters())
             if proj is not None:
                 out[m].extend(proj.parameters())
         return out

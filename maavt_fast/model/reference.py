@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from maavt_fast.config import BG_LABEL
+from maavt_fast.config import BG_LABEL, PATCH_SIZE
 from maavt_fast.model.maavt import MAAVT, check_inputs
 from maavt_fast.model.outputs import MAAVTOutput
 
@@ -47,7 +47,7 @@ class ReferenceMAAVT(MAAVT):
         x = torch.cat([vit.cls_token.repeat(p.shape[0], 1, 1), p], dim=1)
         pos = vit.pos_embed
         if x.shape[1] != pos.shape[1]:
-            if self.cfg.parity:
+            if self.cfg.release_quirks:
                 pos = F.interpolate(pos.permute(0, 2, 1), size=x.shape[1], mode="linear").permute(0, 2, 1)
             else:
                 pos = F.pad(pos, (0, 0, 0, 1))
@@ -58,7 +58,7 @@ class ReferenceMAAVT(MAAVT):
 
         def make(group: str) -> torch.Tensor:
             raw = getattr(t, group)
-            return _lsa_on_copies(t.lsa_module(group), raw, n) if t.lsa else raw.unsqueeze(0).repeat(n, 1, 1)
+            return _lsa_on_copies(t.lsa[group], raw, n) if t.lsa is not None else raw.unsqueeze(0).repeat(n, 1, 1)
 
         shared = make("shared") if "shared" in t.groups else None
         for group in ("audio", "visual"):
@@ -113,7 +113,7 @@ class ReferenceMAAVT(MAAVT):
             bg = 1 + self.num_patches
             out.bg_logits = self.bg_class(torch.cat([fv[:, bg], fa[:, bg]], dim=1))[:, 0]
         if return_attn:
-            side = self.cfg.img_size // 16
+            side = self.cfg.img_size // PATCH_SIZE
             out.attn = vis_attn.reshape(n, side, side)
         if keep is not None:
             y = label.reshape(-1)

@@ -5,7 +5,8 @@ qkv_weight `(G, 3D, D)`, qkv_bias `(G, 3D)`, proj_weight `(G, D, D)`, proj_bias 
 Output `(G, M, n, D)` = per group `proj(softmax(q kᵀ / sqrt(D/heads)) v)`; no norm, no residual.
 
 Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.group_attention`,
-n <= 64) behind the `torch.library` custom ops `maavt::group_attention_fwd/_bwd`.
+n <= its `MAX_TOKENS`; impl="auto" runs the reference for longer sequences) behind the `torch.library` custom
+ops `maavt::group_attention_fwd/_bwd`.
 """
 from __future__ import annotations
 
@@ -84,6 +85,8 @@ def group_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.T
                     proj_bias: torch.Tensor, num_heads: int, impl: str = "auto") -> torch.Tensor:
     """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton"."""
     _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
+    if impl == "auto" and _KERNELS is not None and x.shape[2] > _KERNELS.MAX_TOKENS:
+        impl = "torch"  # longer sequences than the kernel takes (the model's LSA is small either way)
     if use_triton(impl, "group_attention", _KERNELS, x, qkv_weight, qkv_bias, proj_weight, proj_bias):
         return _fused_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)[0]
     return group_attention_reference(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)

@@ -15,7 +15,7 @@ import torch
 
 from maavt_fast.model.loss import MAAVTLoss
 from maavt_fast.train.distributed import all_reduce_sum
-from maavt_fast.train.metrics import batch_counts, confusion_counts, per_class_accuracy, summarize
+from maavt_fast.train.metrics import COUNT_NAMES, batch_counts, confusion_counts, per_class_accuracy, summarize
 from maavt_fast.train.step import Precision
 from maavt_fast.train.visualize import plot_confusion
 
@@ -42,7 +42,7 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
     """
     was_training, loss_fn = model.training, MAAVTLoss(model.cfg)
     model.eval()
-    counts = torch.zeros(7, dtype=torch.float64, device=device)
+    counts = torch.zeros(len(COUNT_NAMES), dtype=torch.float64, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of batch loss * n, n]
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     try:

@@ -64,7 +64,7 @@ def choose_precision(requested: str, device: torch.device) -> Precision:
 
 class TrainStep:
     """Callable `(audio (B,T,S,S), image (B,T,3,S,S), label (B,T)) -> dict` of detached tensors:
-    the present losses (0-dim) and `counts` (7,) from `metrics.batch_counts`.
+    the present losses (0-dim) and `counts` (one per `metrics.COUNT_NAMES`) from `metrics.batch_counts`.
 
     `model` is what runs the forward (the DDP wrapper under torchrun); `raw_model` is the bare `MAAVT`
     (its modality parameters for OGM-GE); `loss_fn` the loss (default: `MAAVTLoss` of the whole batch,
