@@ -14,26 +14,19 @@ import torch.nn.functional as F
 from maavt_fast.config import BG_LABEL, PATCH_SIZE
 from maavt_fast.model.maavt import MAAVT, check_inputs
 from maavt_fast.model.outputs import MAAVTOutput
+from maavt_fast.ops.release import release_block_contrastive, release_self_attention
 
 
 def _explicit_attention(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """timm Attention computed explicitly: returns output `(N, L, D)` and scaled pre-softmax logits `(N, H, L, L)`."""
-    n, length, d = x.shape
-    qkv = attn.qkv(x).reshape(n, length, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    logits = (q @ k.transpose(-2, -1)) * attn.head_dim ** -0.5
-    y = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, length, d)
-    return attn.proj(y), logits
+    return release_self_attention(x, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, attn.num_heads)
 
 
 def _lsa_on_copies(module, tokens: torch.Tensor, n: int) -> torch.Tensor:
     """One LSA over `n` copies of the `(k, D)` tokens, as the release runs it -> `(n, k, D)`."""
     x = tokens.unsqueeze(0).repeat(n, 1, 1)
-    _, k, d = x.shape
-    h = module.num_heads
-    q, kk, v = module.qkv(x).reshape(n, k, 3, h, d // h).permute(2, 0, 3, 1, 4)
-    a = ((q @ kk.transpose(-2, -1)) * (d // h) ** -0.5).softmax(dim=-1)
-    return module.proj((a @ v).transpose(1, 2).reshape(n, k, d))
+    return release_self_attention(x, module.qkv.weight, module.qkv.bias, module.proj.weight, module.proj.bias,
+                                  module.num_heads)[0]
 
 
 class ReferenceMAAVT(MAAVT):
@@ -73,14 +66,9 @@ class ReferenceMAAVT(MAAVT):
     def _block_contrastive(self, i: int, fa, fv, keep: torch.Tensor) -> torch.Tensor:
         n_s = self.tokens.shared.shape[0]
         j = i if self.cfg.contrastive == "blockwise_sep" else 0
-        z_v = F.normalize(F.linear(fv[:, -n_s:].mean(dim=1), self.visual_proj.weight[j], self.visual_proj.bias[j]), dim=1)
-        z_a = F.normalize(F.linear(fa[:, -n_s:].mean(dim=1), self.audio_proj.weight[j], self.audio_proj.bias[j]), dim=1)
-        z_v, z_a = z_v[keep], z_a[keep]
-        if z_v.shape[0] == 0:
-            return fa.new_zeros(())
-        logits = z_v @ z_a.t() / self.cfg.temperature
-        target = torch.arange(logits.shape[0], device=logits.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        z_v = F.linear(fv[:, -n_s:].mean(dim=1), self.visual_proj.weight[j], self.visual_proj.bias[j])
+        z_a = F.linear(fa[:, -n_s:].mean(dim=1), self.audio_proj.weight[j], self.audio_proj.bias[j])
+        return release_block_contrastive(z_a, z_v, keep, self.cfg.temperature)
 
     def forward(self, audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor | None = None,
                 return_attn: bool = False) -> MAAVTOutput:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from maavt_fast.ops._dispatch import load_kernels, use_triton
+from maavt_fast.ops.release import explicit_attention
 
 _KERNELS = load_kernels("group_attention")
 
@@ -24,8 +25,7 @@ def group_attention_reference(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bia
     hd = D // num_heads
     qkv = torch.einsum("gmnd,ged->gmne", x, qkv_weight) + qkv_bias[:, None, None, :]
     q, k, v = qkv.reshape(G, M, n, 3, num_heads, hd).permute(3, 0, 1, 4, 2, 5)  # each (G, M, H, n, hd)
-    attn = torch.softmax((q @ k.transpose(-1, -2)) * hd ** -0.5, dim=-1)
-    o = (attn @ v).transpose(2, 3).reshape(G, M, n, D)
+    o = explicit_attention(q, k, v)[0].transpose(2, 3).reshape(G, M, n, D)
     return torch.einsum("gmnd,ged->gmne", o, proj_weight) + proj_bias[:, None, None, :]
 
 
