@@ -57,9 +57,11 @@ class LearnableTokens(nn.Module):
                   "shared": cfg.n_shared_tokens if cfg.shared_tokens else 0}
         self.groups = tuple(g for g in GROUPS if counts[g] > 0)
         self.counts = counts
-        for g in self.groups:
+        self.lsa = nn.ModuleDict() if cfg.lsa else None
+        for g in self.groups:  # each group's tokens, then its LSA: the order the seeded initialisation draws them
             setattr(self, g, nn.Parameter(torch.randn(counts[g], dim)))
-        self.lsa = nn.ModuleDict({g: LSA(dim, cfg.lsa_heads) for g in self.groups}) if cfg.lsa else None
+            if self.lsa is not None:
+                self.lsa[g] = LSA(dim, cfg.lsa_heads)
         self.register_load_state_dict_pre_hook(_upgrade_hook)
 
     def forward(self) -> dict[str, torch.Tensor]:
