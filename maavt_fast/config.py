@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 
 BG_LABEL = -1  # canonical label of a background (mismatched) pair everywhere inside the library
@@ -16,7 +17,9 @@ BG_LABEL = -1  # canonical label of a background (mismatched) pair everywhere in
 CONTRASTIVE_MODES = ("blockwise_sep", "blockwise_cmn", "final", "none")
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
 LAYERWISE_TOKEN_MODES = ("none", "common")
-MAX_LSA_TOKENS = 64  # tokens per group the fused group-attention kernel takes (kernels/group_attention.py)
+PATCH_SIZE = 16  # side of the ViT's square patches: the only patch size the model supports
+# Config keys renamed since configs and checkpoints were first written: old dotted key -> current one.
+RENAMED_KEYS = {"model.parity": "model.release_quirks"}
 
 
 class ConfigError(ValueError):
@@ -42,7 +45,7 @@ def check_choices(section, prefix: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """MA-AVT model (spec §2-§5). `vit` is any timm ViT with patch 16."""
+    """MA-AVT model (spec §2-§5). `vit` is any timm ViT with patch size `PATCH_SIZE`."""
 
     vit: str = option("vit_base_patch16_224.augreg_in21k", "timm ViT name (class token, patch 16): tiny/small/base/large")
     weights: str | None = option(None, "local weights file (.safetensors/.pth/.bin/.npz); \"timm\": timm's pretrained "
@@ -64,8 +67,8 @@ class ModelConfig:
     temperature: float = option(0.07, "contrastive temperature (fixed, as in the release)")
     layerwise_token: str = option("none", "common: re-insert fresh LSA tokens before every block (spec §3.2)",
                                   LAYERWISE_TOKEN_MODES)
-    parity: bool = option(True, "reproduce the release's numerics (1-D pos-embed resampling with the BG token, "
-                                "trainable ViT CLS token)")
+    release_quirks: bool = option(True, "reproduce the release's numerics (1-D pos-embed resampling with the BG "
+                                        "token, trainable ViT CLS token)")
     attention: str = option("auto", "attention backend: fused SDPA, xformers (CUDA), explicit math; auto: SDPA, "
                             "except math on CPU under bf16 autocast (faster there at ~200 tokens)", ATTENTION_BACKENDS)
 
@@ -79,14 +82,10 @@ class ModelConfig:
             if n < 0 or (on and n == 0):
                 group = "unimodal_tokens" if name != "n_shared_tokens" else "shared_tokens"
                 raise ConfigError(f"model.{name}={n} but model.{group} is on: use a count >= 1 or turn the group off")
-        largest = max(self.n_audio_tokens, self.n_visual_tokens, self.n_shared_tokens)
-        if self.lsa and largest > MAX_LSA_TOKENS:
-            raise ConfigError(f"model.lsa: a token group of {largest} tokens exceeds the fused LSA kernel's "
-                              f"{MAX_LSA_TOKENS}; use fewer tokens or model.lsa=false")
         if self.contrastive != "none" and not (self.shared_tokens and self.n_shared_tokens > 0):
             raise ConfigError(f"model.contrastive={self.contrastive!r} needs shared tokens (model.shared_tokens)")
-        if self.img_size % 16:
-            raise ConfigError(f"model.img_size must be a multiple of the patch size 16, got {self.img_size}")
+        if self.img_size % PATCH_SIZE:
+            raise ConfigError(f"model.img_size must be a multiple of the patch size {PATCH_SIZE}, got {self.img_size}")
         if self.temperature <= 0:
             raise ConfigError(f"model.temperature must be > 0, got {self.temperature}")
         if self.depth is not None and self.depth < 1:
@@ -264,8 +263,18 @@ def _field_types(cls) -> dict[str, typing.Any]:
     return typing.get_type_hints(cls)
 
 
+def current_key(key: str) -> str:
+    """The current name of a dotted config key; an old name (`RENAMED_KEYS`) is mapped with a FutureWarning."""
+    if key in RENAMED_KEYS:
+        warnings.warn(f"config key {key!r} is now {RENAMED_KEYS[key]!r}; the old name will stop working",
+                      FutureWarning, stacklevel=3)
+        return RENAMED_KEYS[key]
+    return key
+
+
 def _from_dict(cls, d: dict, prefix: str):
     hints = _field_types(cls)
+    d = {current_key(prefix + k).removeprefix(prefix): v for k, v in d.items()}
     unknown = set(d) - set(hints)
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in sorted(unknown))}; "
@@ -329,6 +338,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, str]) -> Config:
     """Set dotted keys (``model.vit``, ``data.audio.hop``) on a copy of `cfg`; returns it validated."""
     d = cfg.to_dict()
     for key, value in overrides.items():
+        key = current_key(key)
         node, hints, parts = d, _field_types(Config), key.split(".")
         for i, part in enumerate(parts):
             where = ".".join(parts[:i]) or "the top level"

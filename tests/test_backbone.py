@@ -39,15 +39,15 @@ def test_parity_position_embedding_is_the_release_1d_resampling():
     hi = (lo + 1).clamp(max=pos.shape[1] - 1)
     w = (src - lo).clamp(0, 1)[None, :, None]
     expected = pos[:, lo] * (1 - w) + pos[:, hi] * w
-    torch.testing.assert_close(position_embedding(vit, with_bg=True, parity=True), expected)
-    fixed = position_embedding(vit, with_bg=True, parity=False)
+    torch.testing.assert_close(position_embedding(vit, with_bg=True, release_quirks=True), expected)
+    fixed = position_embedding(vit, with_bg=True, release_quirks=False)
     torch.testing.assert_close(fixed[:, :-1], pos)
     assert fixed[:, -1].abs().sum() == 0
 
 
 def test_backbone_is_frozen_except_parity_cls_token():
     for parity, expected in (("true", {"vit.cls_token"}), ("false", set())):
-        model = MAAVT(tiny_config(model__parity=parity).model)
+        model = MAAVT(tiny_config(model__release_quirks=parity).model)
         assert {k for k, _ in model.named_trainable_parameters() if k.startswith("vit.")} == expected
 
 

@@ -15,7 +15,7 @@ def test_presets_are_valid_and_round_trip(name):
 def test_recipe_values_of_the_spec():
     v = preset("vggsound")
     assert (v.model.num_classes, v.model.n_shared_tokens, v.model.lsa_heads, v.model.proj_dim) == (309, 5, 8, 512)
-    assert (v.model.contrastive, v.model.temperature, v.model.parity) == ("blockwise_sep", 0.07, True)
+    assert (v.model.contrastive, v.model.temperature, v.model.release_quirks) == ("blockwise_sep", 0.07, True)
     assert (v.train.batch_size, v.train.epochs, v.train.lr, v.train.weight_decay) == (256, 50, 1e-4, 0.0)
     assert (v.data.bg_prob, v.data.audio.n_fft, v.data.audio.hop) == (0.2, 446, 358)
     c = preset("cremad")
@@ -41,7 +41,6 @@ def test_overrides_are_typed():
     ({"model.shared_tokens": "false"}, "needs shared tokens"),
     ({"model.img_size": "40"}, "multiple of the patch size"),
     ({"model": "x"}, "is a section"),
-    ({"model.n_shared_tokens": "65"}, "exceeds the fused LSA kernel's 64"),
 ])
 def test_bad_overrides_are_named(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -57,9 +56,18 @@ def test_unknown_preset_and_unknown_dict_keys():
         Config.from_dict(d)
 
 
-def test_lsa_token_limit_is_the_kernels():
-    from maavt_fast.config import MAX_LSA_TOKENS
-    from maavt_fast.kernels.group_attention import MAX_TOKENS
-
-    assert MAX_LSA_TOKENS == MAX_TOKENS
+def test_token_groups_have_no_config_limit():
+    """The fused kernel's token limit is the op's business (impl="auto" falls back to the reference)."""
+    assert preset("tiny", {"model.n_shared_tokens": "65"}).model.n_shared_tokens == 65
     assert preset("tiny", {"model.n_shared_tokens": "65", "model.lsa": "false"}).model.n_shared_tokens == 65
+
+
+def test_old_key_parity_maps_to_release_quirks_with_a_warning():
+    with pytest.warns(FutureWarning, match="'model.parity' is now 'model.release_quirks'"):
+        cfg = preset("tiny", {"model.parity": "false"})
+    assert cfg.model.release_quirks is False
+    d = preset("tiny").to_dict()
+    del d["model"]["release_quirks"]
+    d["model"]["parity"] = False
+    with pytest.warns(FutureWarning, match="model.parity"):
+        assert Config.from_dict(d).model.release_quirks is False

@@ -27,7 +27,7 @@ def _vit_base_depth2(**overrides: str):
 
 
 CONFIGS = {"tiny_32px": lambda **o: tiny_config(**o).model, "vit_base_224_depth2": _vit_base_depth2}
-OUTPUTS = ("fg_logits", "bg_logits", "attn", "loss", "loss_fg", "loss_bg", "loss_cnt")
+OUTPUTS = ("fg_logits", "bg_logits", "attn", "loss", "loss_fg", "loss_bg", "loss_contrastive")
 
 
 @pytest.fixture(autouse=True)

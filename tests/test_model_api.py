@@ -45,7 +45,7 @@ def _official_state_dict(model: MAAVT) -> dict[str, torch.Tensor]:
     sd["ViT.v.head.weight"], sd["ViT.v.head.bias"] = torch.randn(21, dim), torch.randn(21)
     for ours, theirs in (("audio", "audio"), ("visual", "visual"), ("shared", "shared")):
         sd[f"{theirs}_tokens"] = getattr(model.tokens, ours).detach()
-        lsa = model.tokens.lsa_module(ours)
+        lsa = model.tokens.lsa[ours]
         for part in ("qkv", "proj"):
             sd[f"{theirs}_attn.{part}.weight"] = getattr(lsa, part).weight.detach()
             sd[f"{theirs}_attn.{part}.bias"] = getattr(lsa, part).bias.detach()
@@ -113,8 +113,8 @@ def test_modality_parameters_are_each_modalitys_tokens_lsa_and_heads():
     groups = model.modality_parameters()
     names = {id(p): k for k, p in model.named_parameters()}
     audio = sorted(names[id(p)] for p in groups["audio"])
-    assert audio == ["audio_proj.bias", "audio_proj.weight", "tokens.audio", "tokens.audio_attn.proj.bias",
-                     "tokens.audio_attn.proj.weight", "tokens.audio_attn.qkv.bias", "tokens.audio_attn.qkv.weight"]
+    assert audio == ["audio_proj.bias", "audio_proj.weight", "tokens.audio", "tokens.lsa.audio.proj.bias",
+                     "tokens.lsa.audio.proj.weight", "tokens.lsa.audio.qkv.bias", "tokens.lsa.audio.qkv.weight"]
     assert all(names[id(p)].replace("visual", "audio") in audio for p in groups["visual"])
 
 
@@ -140,3 +140,19 @@ def test_bad_input_shapes_are_named(audio_shape, image_shape, label_shape, match
     model = MAAVT(tiny_config().model)
     with pytest.raises(ValueError, match=match):
         model(torch.randn(audio_shape), torch.randn(image_shape), torch.zeros(label_shape, dtype=torch.long))
+
+
+def test_older_lsa_key_names_still_load():
+    """Checkpoints written before the LSA keys were renamed (`tokens.<group>_attn.*`, now `tokens.lsa.<group>.*`)."""
+    cfg = tiny_config()
+    source, target = MAAVT(cfg.model), MAAVT(cfg.model)
+    old = {k.replace("tokens.lsa.audio.", "tokens.audio_attn.").replace("tokens.lsa.visual.", "tokens.visual_attn.")
+           .replace("tokens.lsa.shared.", "tokens.shared_attn."): v for k, v in source.trainable_state_dict().items()}
+    assert "tokens.audio_attn.qkv.weight" in old and not any(".lsa." in k for k in old)
+    target.load_trainable_state_dict(old)
+    for (k, p), (_, q) in zip(source.named_trainable_parameters(), target.named_trainable_parameters()):
+        assert torch.equal(p, q), k
+    full = MAAVT(cfg.model)
+    full.load_state_dict({k.replace("tokens.lsa.shared.", "tokens.shared_attn."): v
+                          for k, v in source.state_dict().items()})
+    assert torch.equal(full.tokens.lsa["shared"].qkv.weight, source.tokens.lsa["shared"].qkv.weight)

@@ -22,7 +22,7 @@ OPTIONS = {
     "contrastive_final": {"model__contrastive": "final"},
     "contrastive_cmn": {"model__contrastive": "blockwise_cmn"},
     "contrastive_off": {"model__contrastive": "none"},
-    "no_parity": {"model__parity": "false"},
+    "no_release_quirks": {"model__release_quirks": "false"},
     "no_bg_token": {"model__bg_token": "false"},
     "no_lsa": {"model__lsa": "false"},
     "no_unimodal": {"model__unimodal_tokens": "false"},
@@ -43,7 +43,7 @@ def _compare(fast, ref, batch):
     audio, image, label = batch
     out_f = fast(audio, image, label, return_attn=True)
     out_r = ref(audio, image, label, return_attn=True)
-    for name in ("fg_logits", "bg_logits", "attn", "loss", "loss_fg", "loss_bg", "loss_cnt"):
+    for name in ("fg_logits", "bg_logits", "attn", "loss", "loss_fg", "loss_bg", "loss_contrastive"):
         a, b = getattr(out_f, name), getattr(out_r, name)
         assert (a is None) == (b is None), name
         if a is not None:
@@ -86,7 +86,7 @@ def test_all_background_batch_has_finite_losses_and_gradients():
     audio, image, _ = random_batch(4, 1, cfg.model.img_size, cfg.model.num_classes)
     label = torch.full((4, 1), -1)
     out = fast(audio, image, label)
-    assert out.loss_fg.item() == 0 and out.loss_cnt.item() == 0
+    assert out.loss_fg.item() == 0 and out.loss_contrastive.item() == 0
     _compare(fast, ref, (audio, image, label))
     assert all(torch.isfinite(p.grad).all() for _, p in fast.named_trainable_parameters())
 

@@ -32,10 +32,10 @@ class _Heads(torch.nn.Module):
         self.b_a, self.b_v = (torch.nn.Parameter(torch.randn(L, P, generator=g)) for _ in range(2))
         self.temperature = torch.nn.Parameter(torch.tensor(0.1))
 
-    def forward(self, xa, xv, keep, impl, gather):
+    def forward(self, xa, xv, keep, impl, gather, group=None):
         audio, visual = blockwise_projection(xa, self.w_a, self.b_a), blockwise_projection(xv, self.w_v, self.b_v)
         return blockwise_contrastive_loss(audio, visual, keep, self.temperature, reduction="none", impl=impl,
-                                          gather=gather)
+                                          gather=gather, group=group)
 
 
 def _batch():
@@ -44,9 +44,9 @@ def _batch():
     return torch.randn(L, WORLD * B_LOCAL, D, generator=g), torch.randn(L, WORLD * B_LOCAL, D, generator=g), keep
 
 
-def _step(module, impl, rows=slice(None), gather=False):
+def _step(module, impl, rows=slice(None), gather=False, group=None):
     xa, xv, keep = _batch()
-    losses = module(xa[:, rows], xv[:, rows], keep[rows], impl, gather)
+    losses = module(xa[:, rows], xv[:, rows], keep[rows], impl, gather, group)
     losses.mean().backward()
     inner = module.module if isinstance(module, DistributedDataParallel) else module
     return losses.detach(), {name: p.grad.clone() for name, p in inner.named_parameters()}
@@ -66,6 +66,11 @@ def _rank(rank, impls, out_dir):
     for impl in impls:
         model = DistributedDataParallel(_Heads())
         results[impl] = _step(model, impl, slice(rank * B_LOCAL, (rank + 1) * B_LOCAL), gather=True)
+    rows = slice(rank * B_LOCAL, (rank + 1) * B_LOCAL)
+    group = dist.new_group([0, 1])  # an explicit group object, not the default one
+    results["group"] = _step(DistributedDataParallel(_Heads(), process_group=group), "torch", rows, True, group)
+    alone, _ = dist.new_subgroups(group_size=1)  # a one-rank group: gather=True must then change nothing
+    results["alone"] = _step(DistributedDataParallel(_Heads(), process_group=alone), "torch", rows, True, alone)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
 
 
@@ -80,13 +85,19 @@ def test_gather_matches_single_process(tmp_path):
         pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
     impls = ("torch", "triton")
     mp.spawn(_in_group, args=(_free_port(), _rank, impls, str(tmp_path)), nprocs=WORLD, join=True)
-    for impl in impls:
+    for impl in (*impls, "group"):
         want_loss, want_grads = _step(_Heads(), "torch")
         for rank in range(WORLD):
             loss, grads = torch.load(tmp_path / f"rank{rank}.pt")[impl]
             torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)
             for name, grad in grads.items():
                 torch.testing.assert_close(grad, want_grads[name], atol=1e-5, rtol=1e-5, msg=f"{impl} {name}")
+    for rank in range(WORLD):  # with its own one-rank group, a rank's loss is that of its rows alone
+        loss, grads = torch.load(tmp_path / f"rank{rank}.pt")["alone"]
+        want_loss, want_grads = _step(_Heads(), "torch", slice(rank * B_LOCAL, (rank + 1) * B_LOCAL))
+        torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, want_grads[name], atol=1e-5, rtol=1e-5, msg=f"alone {name}")
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])

@@ -90,3 +90,14 @@ def test_bad_shapes_raise_clear_errors():
 @pytest.mark.parametrize("M", [1, 64])
 def test_model_sizes_on_gpu(dtype, M):
     _compare(_inputs(3, M, 5, 768, dtype, "cuda"), 8, dtype)
+
+
+@pytest.mark.gpu
+def test_auto_runs_the_reference_above_the_kernels_token_limit():
+    from maavt_fast.kernels.group_attention import MAX_TOKENS
+
+    inputs = _inputs(1, 2, MAX_TOKENS + 1, 16, torch.float32, "cuda")
+    before = LAUNCHES.copy()
+    out = group_attention(*inputs, 2)
+    assert LAUNCHES == before
+    torch.testing.assert_close(out, group_attention_reference(*inputs, 2))

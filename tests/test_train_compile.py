@@ -29,7 +29,7 @@ def test_compiled_step_matches_eager_step():
     eager, eager_m = _run(compile=False)
     compiled, compiled_m = _run(compile=True)
     for e, c in zip(eager, compiled):
-        assert set(e) == set(c) == {"loss", "loss_fg", "loss_bg", "loss_cnt", "counts"}
+        assert set(e) == set(c) == {"loss", "loss_fg", "loss_bg", "loss_contrastive", "counts"}
         for k in e:
             torch.testing.assert_close(c[k], e[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
     for e, c in zip(eager_m, compiled_m):  # Adam moments = gradients (with the OGM-GE noise) agree

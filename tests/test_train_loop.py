@@ -94,7 +94,7 @@ def test_loop_trains_logs_validates_and_checkpoints(tmp_path):
     assert [s for e, s in events if e == "val"] == [5, 10]
     assert ("checkpoint", 3) in events and ("end", 10) in events
     train_rec = next(r for r in records if r["event"] == "train")
-    assert {"loss", "loss_fg", "loss_bg", "loss_cnt", "fg_acc", "bg_acc", "total_acc", "pred_acc", "lr",
+    assert {"loss", "loss_fg", "loss_bg", "loss_contrastive", "fg_acc", "bg_acc", "total_acc", "pred_acc", "lr",
             "samples_per_s", "eta_s"} <= set(train_rec)
     val = [r for r in records if r["event"] == "val"]
     assert all(r["bg_samples"] == 0 and r["total_acc"] == r["fg_acc"] for r in val)

@@ -177,6 +177,26 @@ def test_read_checkpoint_errors_name_the_problem(tmp_path):
         ckpt.restore_training(official, None, None, "official.pth.tar", None)
 
 
+def test_resume_reads_a_checkpoint_with_older_key_names(tmp_path):
+    """Log records with `loss_cnt` (now `loss_contrastive`), weights `tokens.<group>_attn.*` (now `tokens.lsa.<group>.*`)."""
+    from conftest import tiny_config
+    from maavt_fast.model import MAAVT
+    from maavt_fast.train.step import build_optimizer
+
+    cfg = tiny_config()
+    model = MAAVT(cfg.model)
+    optimizer = build_optimizer(model, 1e-3, 0.0, torch.device("cpu"))
+    loop = ckpt.LoopState(step=2, history=[{"event": "train", "step": 2, "loss": 1.5, "loss_cnt": 0.5}])
+    path = ckpt.save_checkpoint(tmp_path / "old.pt", model=model, cfg=cfg, optimizer=optimizer, loop=loop)
+    saved = ckpt.read_checkpoint(path)
+    saved["model"] = {k.replace("tokens.lsa.audio.", "tokens.audio_attn."): v for k, v in saved["model"].items()}
+    assert "tokens.audio_attn.qkv.weight" in saved["model"]
+    fresh = MAAVT(cfg.model)
+    restored = ckpt.restore_training(saved, fresh, build_optimizer(fresh, 1e-3, 0.0, torch.device("cpu")), path, cfg)
+    assert restored.history == [{"event": "train", "step": 2, "loss": 1.5, "loss_contrastive": 0.5}]
+    assert torch.equal(fresh.tokens.lsa["audio"].qkv.weight, model.tokens.lsa["audio"].qkv.weight)
+
+
 class _RunsCodeWhenUnpickled:
     """A pickle payload that would create `marker` if a full unpickle ran it."""
 

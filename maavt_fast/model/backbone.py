@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from maavt_fast._extras import requires
-from maavt_fast.config import ModelConfig
+from maavt_fast.config import PATCH_SIZE, ModelConfig
 from maavt_fast.safe_load import load_data_only
 
 with requires("model", __name__):
@@ -24,7 +24,6 @@ with requires("model", __name__):
 
 log = logging.getLogger(__name__)
 
-PATCH = 16
 _IGNORED_PREFIXES = ("head.",)  # the classifier head of the pretrained ViT is never used
 
 
@@ -45,8 +44,8 @@ def build_vit(cfg: ModelConfig, weights_follow: bool = False) -> VisionTransform
         vit = timm.create_model(cfg.vit, pretrained=pretrained, **kwargs)
     except RuntimeError as e:
         raise WeightsError(f"timm could not build {cfg.vit!r}: {e}") from e
-    if not isinstance(vit, VisionTransformer) or vit.patch_embed.patch_size != (PATCH, PATCH):
-        raise ValueError(f"model.vit={cfg.vit!r} must be a timm VisionTransformer with patch size {PATCH}")
+    if not isinstance(vit, VisionTransformer) or vit.patch_embed.patch_size != (PATCH_SIZE, PATCH_SIZE):
+        raise ValueError(f"model.vit={cfg.vit!r} must be a timm VisionTransformer with patch size {PATCH_SIZE}")
     if vit.reg_token is not None or vit.no_embed_class or vit.global_pool != "token":
         raise ValueError(f"model.vit={cfg.vit!r}: only class-token ViTs without register tokens are supported")
     vit.patch_embed.strict_img_size = False
@@ -153,29 +152,29 @@ def _short(items: list[str], n: int = 8) -> str:
 
 
 def embed_patches(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """Images `(N, 3, S, S)` or spectrograms `(N, S, S)` -> patch tokens `(N, (S/16)^2, D)`, row-major.
+    """Images `(N, 3, S, S)` or spectrograms `(N, S, S)` -> patch tokens `(N, (S/PATCH_SIZE)^2, D)`, row-major.
 
     A spectrogram goes through the conv as one channel with the weights summed over the input channels,
     which equals the release's copy of the spectrogram to 3 identical channels.
     """
     w, b = vit.patch_embed.proj.weight, vit.patch_embed.proj.bias
     if x.dim() == 3:
-        y = F.conv2d(x.unsqueeze(1), w.sum(dim=1, keepdim=True), b, stride=PATCH)
+        y = F.conv2d(x.unsqueeze(1), w.sum(dim=1, keepdim=True), b, stride=PATCH_SIZE)
     else:
-        y = F.conv2d(x, w, b, stride=PATCH)
+        y = F.conv2d(x, w, b, stride=PATCH_SIZE)
     return y.flatten(2).transpose(1, 2)
 
 
-def position_embedding(vit: VisionTransformer, with_bg: bool, parity: bool) -> torch.Tensor:
+def position_embedding(vit: VisionTransformer, with_bg: bool, release_quirks: bool) -> torch.Tensor:
     """Positional embedding `(1, 1 + P (+1 with the BG token), D)` for `[CLS, patches(, BG)]`.
 
-    parity: the release resamples the 1-D (1, 1+P, D) table linearly to the longer sequence when the BG
+    release_quirks: the release resamples the 1-D (1, 1+P, D) table linearly to the longer sequence when the BG
     token is on (spec §2.2). Otherwise the original table is kept and BG gets a zero embedding.
     """
     pos = vit.pos_embed
     if not with_bg:
         return pos
-    if parity:
+    if release_quirks:
         return F.interpolate(pos.transpose(1, 2), size=pos.shape[1] + 1, mode="linear",
                              align_corners=False).transpose(1, 2)
     return torch.cat([pos, pos.new_zeros(1, 1, pos.shape[2])], dim=1)

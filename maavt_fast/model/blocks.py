@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from maavt_fast._extras import requires
+from maavt_fast.ops.release import explicit_attention
 
 Layout = tuple[tuple[int, int], ...]  # ((num_sequences, seq_len), ...) per stream, in row order
 
@@ -34,17 +35,12 @@ def _merged(layout: Layout) -> Layout:
     return tuple(out)
 
 
-def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    attn = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2), dim=-1)
-    return attn @ v
-
-
 def _batched_attention(qkv: torch.Tensor, layout: Layout, num_heads: int, backend: str) -> torch.Tensor:
     d = qkv.shape[-1] // 3
     outs = []
     for part, (n, length) in zip(qkv.split([n * l for n, l in layout]), layout):
         q, k, v = part.view(n, length, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, k, v) if backend == "sdpa" else _math_attention(q, k, v)
+        o = F.scaled_dot_product_attention(q, k, v) if backend == "sdpa" else explicit_attention(q, k, v)[0]
         outs.append(o.transpose(1, 2).reshape(n * length, d))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 

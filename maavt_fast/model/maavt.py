@@ -9,17 +9,16 @@ import logging
 import math
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from maavt_fast.config import BG_LABEL, ModelConfig
+from maavt_fast.config import PATCH_SIZE, ModelConfig
 from maavt_fast.model.backbone import build_vit, check_state_dict_fits, embed_patches, position_embedding
 from maavt_fast.model.blocks import Layout, resolve_backend, run_block, stream_views
+from maavt_fast.model.loss import MAAVTLoss
 from maavt_fast.model.outputs import MAAVTOutput
-from maavt_fast.model.tokens import LearnableTokens
-from maavt_fast.ops import blockwise_contrastive_loss, blockwise_projection
-from maavt_fast.ops.distributed import gather_active
+from maavt_fast.model.tokens import LearnableTokens, upgrade_lsa_keys
+from maavt_fast.ops import blockwise_projection
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,9 @@ class BlockProjection(nn.Module):
 class MAAVT(nn.Module):
     """Frozen timm ViT shared by audio and visual streams + trainable tokens, LSA and heads.
 
+    The model holds no distributed state and calls no collective: the loss of a batch split over ranks
+    is `MAAVTLoss(cfg, group)` applied to the output of `model(audio, image)`.
+
     `vit_weights_follow`: the caller loads the ViT's weights from a checkpoint next (no random-init warning).
     """
 
@@ -55,7 +57,7 @@ class MAAVT(nn.Module):
         self.cfg = cfg
         self.vit = build_vit(cfg, vit_weights_follow)
         dim, depth = self.vit.embed_dim, len(self.vit.blocks)
-        self.vit.cls_token.requires_grad_(cfg.parity)  # the release trains the ViT CLS token (spec §2.4)
+        self.vit.cls_token.requires_grad_(cfg.release_quirks)  # the release trains the ViT CLS token (spec §2.4)
         self.tokens = LearnableTokens(cfg, dim)
         self.bg_cls_token = nn.Parameter(torch.randn(1, dim)) if cfg.bg_token else None
         n_heads = {"blockwise_sep": depth, "blockwise_cmn": 1, "final": 1}.get(cfg.contrastive, 0)
@@ -64,10 +66,6 @@ class MAAVT(nn.Module):
         self.fg_class = nn.Linear(2 * dim, cfg.num_classes)  # input [v_cls; a_cls]
         self.bg_class = nn.Linear(2 * dim, 1) if cfg.bg_token else None  # input [v_bg; a_bg]
         self.num_patches = self.vit.patch_embed.num_patches
-        # Under DDP with W > 1 ranks the trainer sets this: the contrastive loss then gathers the features of all
-        # ranks (local-loss formulation) and the FG loss is normalised by the mean FG-row count over ranks, so
-        # DDP's gradient average equals the single-process gradient of the global batch, background rows included.
-        self.data_parallel = False
         rule = " (SDPA; explicit math on CPU under bf16 autocast)" if cfg.attention == "auto" else ""
         log.info("MAAVT: %s, %d blocks, attention backend %r%s", cfg.vit, depth, cfg.attention, rule)
 
@@ -77,7 +75,7 @@ class MAAVT(nn.Module):
         parts = [self.vit.cls_token.expand(p.shape[0], -1, -1), p]
         if self.bg_cls_token is not None:
             parts.append(self.bg_cls_token.expand(p.shape[0], -1, -1))
-        return torch.cat(parts, dim=1) + position_embedding(self.vit, self.cfg.bg_token, self.cfg.parity)
+        return torch.cat(parts, dim=1) + position_embedding(self.vit, self.cfg.bg_token, self.cfg.release_quirks)
 
     def _with_tokens(self, base: list[torch.Tensor], tok: dict[str, torch.Tensor]) -> torch.Tensor:
         """Append each stream's unimodal + shared tokens and flatten: -> `(T, D)` stream-major."""
@@ -92,7 +90,10 @@ class MAAVT(nn.Module):
 
     def forward(self, audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor | None = None,
                 return_attn: bool = False) -> MAAVTOutput:
-        """audio `(B, T, S, S)`, image `(B, T, 3, S, S)`, label `(B, T)` or `(B*T,)` (-1 = background) or None."""
+        """audio `(B, T, S, S)`, image `(B, T, 3, S, S)`, label `(B, T)` or `(B*T,)` (-1 = background) or None.
+
+        With a label the losses of this batch alone are set, as `MAAVTLoss(cfg)` (no process group) computes them.
+        """
         check_inputs(audio, image, label, self.cfg.img_size)
         if self.cfg.attention == "xformers" and not audio.is_cuda:
             raise RuntimeError("model.attention='xformers' needs CUDA tensors; use 'sdpa' on CPU")
@@ -122,34 +123,20 @@ class MAAVT(nn.Module):
             bg = 1 + self.num_patches
             bg_logits = self.bg_class(torch.cat([self.vit.norm(v[:, bg]), self.vit.norm(a[:, bg])], dim=-1))[:, 0]
         out = MAAVTOutput(fg_logits=fg_logits, bg_logits=bg_logits, modality_logits=self._modality_logits(a_cls, v_cls))
+        if shared_means:
+            means = torch.stack(shared_means, dim=1)  # (2, L, N, D): streams [audio, visual]
+            out.contrastive_features = (self.audio_proj(means[0]), self.visual_proj(means[1]))
         if attn is not None:
-            side = self.cfg.img_size // 16
+            side = self.cfg.img_size // PATCH_SIZE
             out.attn = attn.view(n, side, side)
         if label is not None:
-            self._losses(out, label.reshape(-1), shared_means)
+            MAAVTLoss(self.cfg)(out, label)
         return out
 
     def _modality_logits(self, a_cls: torch.Tensor, v_cls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-modality FG logits from the classifier halves the right way round (visual half first)."""
         dim, w, b = a_cls.shape[-1], self.fg_class.weight, self.fg_class.bias
         return F.linear(a_cls, w[:, dim:], b / 2), F.linear(v_cls, w[:, :dim], b / 2)
-
-    def _losses(self, out: MAAVTOutput, label: torch.Tensor, shared_means: list[torch.Tensor]) -> None:
-        keep = label != BG_LABEL
-        n_fg = mean_over_ranks(keep.sum()) if self.data_parallel else keep.sum()
-        ce = F.cross_entropy(_upcast(out.fg_logits), label.clamp(min=0), reduction="none")
-        out.loss_fg = (ce * keep).sum() / n_fg.clamp(min=1)
-        out.loss = out.loss_fg
-        if out.bg_logits is not None:
-            bg_logits = _upcast(out.bg_logits)
-            out.loss_bg = F.binary_cross_entropy_with_logits(bg_logits, (~keep).to(bg_logits.dtype))
-            out.loss = out.loss + out.loss_bg
-        if shared_means:
-            means = torch.stack(shared_means, dim=1)  # (2, L, N, D): streams [audio, visual]
-            za, zv = self.audio_proj(means[0]), self.visual_proj(means[1])
-            out.loss_cnt = blockwise_contrastive_loss(za, zv, keep, self.cfg.temperature,
-                                                      gather=self.data_parallel)
-            out.loss = out.loss + out.loss_cnt
 
     def named_trainable_parameters(self):
         return ((k, p) for k, p in self.named_parameters() if p.requires_grad)
@@ -158,8 +145,9 @@ class MAAVT(nn.Module):
         return {k: p.detach().clone() for k, p in self.named_trainable_parameters()}
 
     def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
-        """Strict: every trainable parameter, nothing else, matching shapes."""
+        """Strict: every trainable parameter, nothing else, matching shapes (older LSA key names are upgraded)."""
         own = dict(self.named_trainable_parameters())
+        sd = upgrade_lsa_keys(dict(sd), "tokens.")
         check_state_dict_fits(own, sd, "the trainable state")
         with torch.no_grad():
             for k, p in own.items():
@@ -171,25 +159,11 @@ class MAAVT(nn.Module):
         for m, proj in (("audio", self.audio_proj), ("visual", self.visual_proj)):
             if m in self.tokens.groups:
                 out[m].append(getattr(self.tokens, m))
-                if self.tokens.lsa:
-                    out[m].extend(self.tokens.lsa_module(m).parameters())
+                if self.tokens.lsa is not None:
+                    out[m].extend(self.tokens.lsa[m].parameters())
             if proj is not None:
                 out[m].extend(proj.parameters())
         return out
-
-
-def mean_over_ranks(count: torch.Tensor) -> torch.Tensor:
-    """The mean of a per-rank count over the process group (no gradient); the count itself on one process."""
-    if not gather_active():
-        return count
-    total = count.detach().to(torch.float64)
-    dist.all_reduce(total)
-    return total / dist.get_world_size()
-
-
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """Losses run in at least fp32 (bf16/fp16 logits under autocast are upcast)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def check_inputs(audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor | None, size: int) -> None:

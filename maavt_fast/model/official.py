@@ -18,9 +18,9 @@ _RENAMES = (  # official prefix -> ours
     ("audio_tokens", "tokens.audio"),
     ("visual_tokens", "tokens.visual"),
     ("shared_tokens", "tokens.shared"),
-    ("audio_attn.", "tokens.audio_attn."),
-    ("visual_attn.", "tokens.visual_attn."),
-    ("shared_attn.", "tokens.shared_attn."),
+    ("audio_attn.", "tokens.lsa.audio."),
+    ("visual_attn.", "tokens.lsa.visual."),
+    ("shared_attn.", "tokens.lsa.shared."),
     ("vis_proj", "visual_proj"),
 )
 _DROPPED = re.compile(r"^(logit_scale(\.\d+)?|ViT\.v\.head\..*)$")

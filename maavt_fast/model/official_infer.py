@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from maavt_fast.model.backbone import PATCH, WeightsError, tensors_in
+from maavt_fast.config import PATCH_SIZE
+from maavt_fast.model.backbone import WeightsError, tensors_in
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ def infer_official_model(official: dict, what: str) -> OfficialModel:
     decide("vit", size.timm_name, "ViT.v.cls_token", f"has {_size_name(width)}")
     fields["weights"] = None  # the file holds the ViT
     patch = need("ViT.v.patch_embed.proj.weight", "the ViT's patch embedding")
-    if tuple(patch.shape) != (width, 3, PATCH, PATCH):
-        raise fail(f"ViT.v.patch_embed.proj.weight is {_shape(patch)}: patch {patch.shape[-1]}; only patch-{PATCH} "
+    if tuple(patch.shape) != (width, 3, PATCH_SIZE, PATCH_SIZE):
+        raise fail(f"ViT.v.patch_embed.proj.weight is {_shape(patch)}: patch {patch.shape[-1]}; only patch-{PATCH_SIZE} "
                    "ViTs on RGB input are supported")
     numbers = _numbered(sd, "ViT.v.blocks")
     blocks = len(numbers)
@@ -120,7 +121,7 @@ def infer_official_model(official: dict, what: str) -> OfficialModel:
     side = math.isqrt(max(pos.shape[1] - 1, 0)) if pos.dim() == 3 else 0
     if side < 1 or side * side != pos.shape[1] - 1:
         raise fail(f"ViT.v.pos_embed is {_shape(pos)}: not 1 class token + a square grid of patches")
-    decide("img_size", PATCH * side, "ViT.v.pos_embed", f"is {_shape(pos)}: {PATCH * side}x{PATCH * side} input")
+    decide("img_size", PATCH_SIZE * side, "ViT.v.pos_embed", f"is {_shape(pos)}: {PATCH_SIZE * side}x{PATCH_SIZE * side} input")
     fg = need("fg_class.weight", "the classifier")
     decide("num_classes", fg.shape[0], "fg_class.weight", f"is {_shape(fg)}: {fg.shape[0]} classes")
     widths = {"fg_class.weight": 2 * width, "bg_class.weight": 2 * width, "bg_cls_token": width}

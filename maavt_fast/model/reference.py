@@ -11,29 +11,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from maavt_fast.config import BG_LABEL
+from maavt_fast.config import BG_LABEL, PATCH_SIZE
 from maavt_fast.model.maavt import MAAVT, check_inputs
 from maavt_fast.model.outputs import MAAVTOutput
+from maavt_fast.ops.release import release_block_contrastive, release_self_attention
 
 
 def _explicit_attention(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """timm Attention computed explicitly: returns output `(N, L, D)` and scaled pre-softmax logits `(N, H, L, L)`."""
-    n, length, d = x.shape
-    qkv = attn.qkv(x).reshape(n, length, 3, attn.num_heads, d // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    logits = (q @ k.transpose(-2, -1)) * attn.head_dim ** -0.5
-    y = (logits.softmax(dim=-1) @ v).transpose(1, 2).reshape(n, length, d)
-    return attn.proj(y), logits
+    return release_self_attention(x, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, attn.num_heads)
 
 
 def _lsa_on_copies(module, tokens: torch.Tensor, n: int) -> torch.Tensor:
     """One LSA over `n` copies of the `(k, D)` tokens, as the release runs it -> `(n, k, D)`."""
     x = tokens.unsqueeze(0).repeat(n, 1, 1)
-    _, k, d = x.shape
-    h = module.num_heads
-    q, kk, v = module.qkv(x).reshape(n, k, 3, h, d // h).permute(2, 0, 3, 1, 4)
-    a = ((q @ kk.transpose(-2, -1)) * (d // h) ** -0.5).softmax(dim=-1)
-    return module.proj((a @ v).transpose(1, 2).reshape(n, k, d))
+    return release_self_attention(x, module.qkv.weight, module.qkv.bias, module.proj.weight, module.proj.bias,
+                                  module.num_heads)[0]
 
 
 class ReferenceMAAVT(MAAVT):
@@ -47,7 +40,7 @@ class ReferenceMAAVT(MAAVT):
         x = torch.cat([vit.cls_token.repeat(p.shape[0], 1, 1), p], dim=1)
         pos = vit.pos_embed
         if x.shape[1] != pos.shape[1]:
-            if self.cfg.parity:
+            if self.cfg.release_quirks:
                 pos = F.interpolate(pos.permute(0, 2, 1), size=x.shape[1], mode="linear").permute(0, 2, 1)
             else:
                 pos = F.pad(pos, (0, 0, 0, 1))
@@ -58,7 +51,7 @@ class ReferenceMAAVT(MAAVT):
 
         def make(group: str) -> torch.Tensor:
             raw = getattr(t, group)
-            return _lsa_on_copies(t.lsa_module(group), raw, n) if t.lsa else raw.unsqueeze(0).repeat(n, 1, 1)
+            return _lsa_on_copies(t.lsa[group], raw, n) if t.lsa is not None else raw.unsqueeze(0).repeat(n, 1, 1)
 
         shared = make("shared") if "shared" in t.groups else None
         for group in ("audio", "visual"):
@@ -73,14 +66,9 @@ class ReferenceMAAVT(MAAVT):
     def _block_contrastive(self, i: int, fa, fv, keep: torch.Tensor) -> torch.Tensor:
         n_s = self.tokens.shared.shape[0]
         j = i if self.cfg.contrastive == "blockwise_sep" else 0
-        z_v = F.normalize(F.linear(fv[:, -n_s:].mean(dim=1), self.visual_proj.weight[j], self.visual_proj.bias[j]), dim=1)
-        z_a = F.normalize(F.linear(fa[:, -n_s:].mean(dim=1), self.audio_proj.weight[j], self.audio_proj.bias[j]), dim=1)
-        z_v, z_a = z_v[keep], z_a[keep]
-        if z_v.shape[0] == 0:
-            return fa.new_zeros(())
-        logits = z_v @ z_a.t() / self.cfg.temperature
-        target = torch.arange(logits.shape[0], device=logits.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        z_v = F.linear(fv[:, -n_s:].mean(dim=1), self.visual_proj.weight[j], self.visual_proj.bias[j])
+        z_a = F.linear(fa[:, -n_s:].mean(dim=1), self.audio_proj.weight[j], self.audio_proj.bias[j])
+        return release_block_contrastive(z_a, z_v, keep, self.cfg.temperature)
 
     def forward(self, audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor | None = None,
                 return_attn: bool = False) -> MAAVTOutput:
@@ -113,7 +101,7 @@ class ReferenceMAAVT(MAAVT):
             bg = 1 + self.num_patches
             out.bg_logits = self.bg_class(torch.cat([fv[:, bg], fa[:, bg]], dim=1))[:, 0]
         if return_attn:
-            side = self.cfg.img_size // 16
+            side = self.cfg.img_size // PATCH_SIZE
             out.attn = vis_attn.reshape(n, side, side)
         if keep is not None:
             y = label.reshape(-1)
@@ -123,6 +111,6 @@ class ReferenceMAAVT(MAAVT):
                 out.loss_bg = F.binary_cross_entropy_with_logits(out.bg_logits, (~keep).to(out.bg_logits.dtype))
                 out.loss = out.loss + out.loss_bg
             if cnt:
-                out.loss_cnt = sum(cnt) / len(cnt)
-                out.loss = out.loss + out.loss_cnt
+                out.loss_contrastive = sum(cnt) / len(cnt)
+                out.loss = out.loss + out.loss_contrastive
         return out

@@ -138,7 +138,8 @@ _fused_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None,
                                temperature: float | torch.Tensor | None = None, normalize: bool = True,
-                               reduction: str = "mean", impl: str = "auto", gather: bool = False, *,
+                               reduction: str = "mean", impl: str = "auto", gather: bool = False,
+                               group: torch.distributed.ProcessGroup | None = None, *,
                                logit_scale: float | torch.Tensor | None = None) -> torch.Tensor:
     """Functional API: (L, B, P) or (B, P) features x2 -> loss (`reduction="none"`: (L,), or () for 2-D).
 
@@ -152,20 +153,21 @@ def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: 
     all-gather's backward returns every rank's column gradients to their owner. The returned value is the
     full-batch loss; the gradient is W x the local share, so after DistributedDataParallel's average the
     step equals one process on the global batch (see `maavt_fast.ops.distributed`). Every rank must hold
-    the same B. With one rank or no process group it changes nothing.
+    the same B. `group` is the process group (None: the default group). With one rank or no process group
+    it changes nothing.
     """
     audio, visual, one_block = as_blocks(audio, visual)
     temperature = temperature_of(temperature, logit_scale)
     _check_inputs(audio, visual, keep, temperature, reduction)
     B = audio.shape[1]
     keep = torch.ones(B, dtype=torch.bool, device=audio.device) if keep is None else keep.contiguous()
-    gathered = gather and distributed.gather_active()
+    gathered = gather and distributed.multi_rank(group)
     row_start = 0
     if gathered:
-        audio, visual, keep, row_start = distributed.gather_features(audio, visual, keep)
+        audio, visual, keep, row_start = distributed.gather_features(audio, visual, keep, group)
     per_block = rows_loss(audio, visual, keep, temperature, normalize, impl, row_start, B)
     if gathered:
-        per_block = distributed.global_loss(per_block)
+        per_block = distributed.global_loss(per_block, group)
     return _reduce(per_block.squeeze(0) if one_block else per_block, reduction)
 
 
@@ -187,15 +189,15 @@ class BlockwiseContrastiveLoss(torch.nn.Module):
     (L, B, P) or (B, P) x2, keep (B,) -> loss."""
 
     def __init__(self, temperature: float = 0.07, normalize: bool = True, reduction: str = "mean",
-                 impl: str = "auto", gather: bool = False):
+                 impl: str = "auto", gather: bool = False, group: torch.distributed.ProcessGroup | None = None):
         super().__init__()
         temperature_of(temperature, None)  # validates it now rather than at the first call
         self.temperature, self.normalize, self.reduction = temperature, normalize, reduction
-        self.impl, self.gather = impl, gather
+        self.impl, self.gather, self.group = impl, gather, group
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         return blockwise_contrastive_loss(audio, visual, keep, self.temperature, self.normalize, self.reduction,
-                                          self.impl, self.gather)
+                                          self.impl, self.gather, self.group)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}, "

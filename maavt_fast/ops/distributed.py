@@ -22,8 +22,8 @@ import torch.distributed._functional_collectives as funcol
 _all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
-def gather_active(group: dist.ProcessGroup | None = None) -> bool:
-    """True when a process group (`group`, default the global one) with more than one rank is running."""
+def multi_rank(group: dist.ProcessGroup | None = None) -> bool:
+    """True when torch.distributed is running and `group` (None: the default group) has more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
 
 
@@ -59,3 +59,12 @@ def global_loss(local: torch.Tensor, group: dist.ProcessGroup | None = None) -> 
     dist.all_reduce(total, group=group)  # Dynamo traces it as the functional all_reduce
     scaled = local * dist.get_world_size(group)
     return scaled + (total - scaled.detach())
+
+
+def mean_over_ranks(count: torch.Tensor, group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """The mean of a per-rank count over the ranks of `group` (no gradient); the count itself on one rank."""
+    if not multi_rank(group):
+        return count
+    total = count.detach().to(torch.float64)
+    dist.all_reduce(total, group=group)
+    return total / dist.get_world_size(group)

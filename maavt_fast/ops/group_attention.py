@@ -7,7 +7,8 @@ All five tensors share one dtype; under autocast they are cast to its dtype firs
 so the output is e.g. bf16 under bf16 autocast, as `nn.MultiheadAttention`'s is.
 
 Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.group_attention`,
-n <= 64) behind the `torch.library` custom ops `maavt::group_attention_fwd/_bwd`.
+n <= its `MAX_TOKENS`; impl="auto" runs the reference for longer sequences) behind the `torch.library` custom
+ops `maavt::group_attention_fwd/_bwd`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from maavt_fast.ops._arguments import check_same_dtype, follow_autocast
 from maavt_fast.ops._dispatch import load_kernels, unsupported_dtype, use_triton
+from maavt_fast.ops.release import explicit_attention
 
 _KERNELS = load_kernels("group_attention")
 
@@ -26,8 +28,7 @@ def group_attention_reference(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bia
     hd = D // num_heads
     qkv = torch.einsum("gmnd,ged->gmne", x, qkv_weight) + qkv_bias[:, None, None, :]
     q, k, v = qkv.reshape(G, M, n, 3, num_heads, hd).permute(3, 0, 1, 4, 2, 5)  # each (G, M, H, n, hd)
-    attn = torch.softmax((q @ k.transpose(-1, -2)) * hd ** -0.5, dim=-1)
-    o = (attn @ v).transpose(2, 3).reshape(G, M, n, D)
+    o = explicit_attention(q, k, v)[0].transpose(2, 3).reshape(G, M, n, D)
     return torch.einsum("gmnd,ged->gmne", o, proj_weight) + proj_bias[:, None, None, :]
 
 

@@ -46,7 +46,7 @@ class SigLipLoss(torch.nn.Module):
         keep = torch.ones(B, dtype=torch.bool, device=image_features.device)
         row_start = 0
         if self.world_size > 1:
-            if not distributed.gather_active() or (dist.get_world_size(), dist.get_rank()) != (self.world_size,
+            if not distributed.multi_rank() or (dist.get_world_size(), dist.get_rank()) != (self.world_size,
                                                                                                 self.rank):
                 raise RuntimeError(f"SigLipLoss(rank={self.rank}, world_size={self.world_size}) needs an "
                                    "initialised process group of that size in which this process has that rank")

@@ -161,7 +161,7 @@ def blockwise_sigmoid_loss(audio: torch.Tensor, visual: torch.Tensor, keep: torc
     changes nothing.
     """
     audio, visual, keep, squeeze = _prepare(audio, visual, keep, logit_scale, logit_bias, reduction)
-    gathered = gather and distributed.gather_active(group)
+    gathered = gather and distributed.multi_rank(group)
     columns, keep_all, row_start = (distributed.gather_columns(audio, keep, group) if gathered
                                     else (audio, keep, 0))
     sums = sigmoid_loss_sums(columns, visual, keep_all, logit_scale, logit_bias, normalize, row_start, impl)

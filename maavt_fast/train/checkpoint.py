@@ -185,7 +185,17 @@ def restore_training(ckpt: dict, model, optimizer: torch.optim.Optimizer, path: 
     model.load_trainable_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     restore_rng(ckpt["rng"])
-    return LoopState(**ckpt["loop"])
+    loop = dict(ckpt["loop"], history=[_renamed_log_keys(r) for r in ckpt["loop"]["history"]])
+    return LoopState(**loop)
+
+
+# Log keys renamed since checkpoints were first written: old name -> current name.
+RENAMED_LOG_KEYS = {"loss_cnt": "loss_contrastive"}
+
+
+def _renamed_log_keys(record: dict) -> dict:
+    """A history record of an older checkpoint with today's key names."""
+    return {RENAMED_LOG_KEYS.get(k, k): v for k, v in record.items()}
 
 
 def read_official(path: str | Path) -> dict:

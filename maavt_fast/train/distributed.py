@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from maavt_fast.ops.distributed import multi_rank
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -72,12 +74,12 @@ def process_group(requested_device: str = "auto") -> Iterator[DistInfo]:
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum `t` over ranks in place (no-op without a process group); returns `t`."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_rank():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if multi_rank():
         dist.barrier()
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
+from maavt_fast.model.loss import MAAVTLoss
 from maavt_fast.train.distributed import all_reduce_sum
-from maavt_fast.train.metrics import batch_counts, confusion_counts, per_class_accuracy, summarize
+from maavt_fast.train.metrics import COUNT_NAMES, batch_counts, confusion_counts, per_class_accuracy, summarize
 from maavt_fast.train.step import Precision
 from maavt_fast.train.visualize import plot_confusion
 
@@ -36,13 +37,12 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
              max_batches: int | None = None) -> EvalResult:
     """Forward the bare `MAAVT` over `loader` (batches with .audio/.image/.label/.to) in eval mode.
 
-    The contrastive gather is switched off here: each rank's val loss uses its local batch, and ranks
-    with different numbers of val batches cannot deadlock in a collective inside the loop.
+    The loss has no process group: each rank's val loss uses its local batch, and ranks with different
+    numbers of val batches cannot deadlock in a collective inside the loop.
     """
-    was_training, gather = model.training, getattr(model, "data_parallel", False)
+    was_training, loss_fn = model.training, MAAVTLoss(model.cfg)
     model.eval()
-    model.data_parallel = False
-    counts = torch.zeros(7, dtype=torch.float64, device=device)
+    counts = torch.zeros(len(COUNT_NAMES), dtype=torch.float64, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of batch loss * n, n]
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     try:
@@ -55,7 +55,7 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
                 continue
             label = batch.label[real]
             with precision.autocast(device):
-                out = model(batch.audio[real], batch.image[real], label)
+                out = loss_fn(model(batch.audio[real], batch.image[real]), label)
             label = label.reshape(-1)
             counts += batch_counts(out.fg_logits, out.bg_logits, label)
             n = torch.tensor(label.numel(), dtype=torch.float64, device=device)
@@ -63,7 +63,6 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
             confusion += confusion_counts(out.fg_logits, label, num_classes)
     finally:
         model.train(was_training)
-        model.data_parallel = gather
     all_reduce_sum(counts)
     all_reduce_sum(loss_sum)
     all_reduce_sum(confusion)

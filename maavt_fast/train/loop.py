@@ -20,6 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from maavt_fast.config import Config, ConfigError
+from maavt_fast.model.loss import MAAVTLoss
 from maavt_fast.train.checkpoint import LoopState, read_checkpoint, restore_training, save_checkpoint
 from maavt_fast.train.distributed import DistInfo, all_reduce_sum, barrier
 from maavt_fast.train.early_stop import patience_spent, record_validation, stop_message
@@ -138,15 +139,15 @@ class Trainer:
     def _network(self) -> torch.nn.Module:
         if not self.dist.distributed:
             return self.model
-        self.model.data_parallel = True  # losses normalised over the global batch (see MAAVT)
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
 
     def fit(self) -> TrainResult:
         tc, dist, loop = self.cfg.train, self.dist, self.loop
+        loss_fn = MAAVTLoss(self.cfg.model, torch.distributed.group.WORLD if dist.distributed else None)
         step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
                             tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile, seed=tc.seed,
-                            clip_grad_norm=tc.clip_grad_norm)
+                            clip_grad_norm=tc.clip_grad_norm, loss_fn=loss_fn)
         if loop.step == 0:
             self.logger.reset()  # a fresh run in an existing folder starts a new log; a resumed one appends
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())

@@ -20,7 +20,7 @@ COUNT_NAMES = ("n", "n_fg", "fg_correct", "bg_correct", "n_bg", "total_num", "pr
 
 
 def batch_counts(fg_logits: torch.Tensor, bg_logits: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
-    """Counts of one batch. fg_logits (N, C), bg_logits (N,) or None, label (N,) int64 -> float64 (7,)."""
+    """Counts of one batch. fg_logits (N, C), bg_logits (N,) or None, label (N,) int64 -> float64, one per COUNT_NAMES."""
     label = label.reshape(-1)
     is_bg = label == BG_LABEL
     fg_pred = fg_logits.detach().argmax(dim=1)
@@ -40,7 +40,7 @@ def batch_counts(fg_logits: torch.Tensor, bg_logits: torch.Tensor | None, label:
 
 
 def summarize(counts: torch.Tensor) -> dict[str, float]:
-    """Ratios from summed counts (7,); a metric with an empty denominator is NaN, never a crash."""
+    """Ratios from summed counts `(len(COUNT_NAMES),)`; a metric with an empty denominator is NaN, never a crash."""
     c = dict(zip(COUNT_NAMES, counts.double().cpu().tolist()))
 
     def ratio(num: float, den: float) -> float:

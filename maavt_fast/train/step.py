@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from maavt_fast.model.loss import MAAVTLoss
 from maavt_fast.train.grad_mod import modulate_gradients, noise_seed, ogm_coefficients
 from maavt_fast.train.metrics import batch_counts
 from maavt_fast.train.optim import build_optimizer, clip_gradients  # noqa: F401 - build_optimizer re-exported
 
-LOSS_NAMES = ("loss", "loss_fg", "loss_bg", "loss_cnt")
+LOSS_NAMES = ("loss", "loss_fg", "loss_bg", "loss_contrastive")
 
 
 def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
@@ -64,17 +65,19 @@ def choose_precision(requested: str, device: torch.device) -> Precision:
 
 class TrainStep:
     """Callable `(audio (B,T,S,S), image (B,T,3,S,S), label (B,T)) -> dict` of detached tensors:
-    the present losses (0-dim), `counts` (7,) from `metrics.batch_counts` and, with `clip_grad_norm`,
-    `grad_norm` (the total gradient norm before clipping, after OGM-GE).
+    the present losses (0-dim), `counts` (one per `metrics.COUNT_NAMES`) from `metrics.batch_counts` and,
+    with `clip_grad_norm`, `grad_norm` (the total gradient norm before clipping, after OGM-GE).
 
     `model` is what runs the forward (the DDP wrapper under torchrun); `raw_model` is the bare `MAAVT`
-    (its modality parameters for OGM-GE).
+    (its modality parameters for OGM-GE); `loss_fn` the loss (default: `MAAVTLoss` of the whole batch,
+    no process group).
     """
 
     def __init__(self, model: torch.nn.Module, raw_model, optimizer: torch.optim.Optimizer, precision: Precision,
                  device: torch.device, grad_mod_alpha: float | None = None, compile: bool = True, seed: int = 0,
-                 clip_grad_norm: float | None = None):
+                 clip_grad_norm: float | None = None, loss_fn: MAAVTLoss | None = None):
         self.model, self.optimizer, self.precision, self.device = model, optimizer, precision, device
+        self.loss_fn = MAAVTLoss(raw_model.cfg) if loss_fn is None else loss_fn
         self.grad_mod_alpha, self.seed, self.clip_grad_norm = grad_mod_alpha, seed, clip_grad_norm
         self.modality_params = raw_model.modality_parameters() if grad_mod_alpha is not None else None
         self.noise = torch.Generator(device) if grad_mod_alpha is not None else None
@@ -92,7 +95,7 @@ class TrainStep:
 
     def _step(self, audio: torch.Tensor, image: torch.Tensor, label: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.precision.autocast(self.device):
-            out = self.model(audio, image, label)
+            out = self.loss_fn(self.model(audio, image), label)
         out.loss.backward()
         if self.modality_params is not None:
             coeff_a, coeff_v = ogm_coefficients(*out.modality_logits, label, self.grad_mod_alpha)

@@ -1,0 +1,60 @@
+"""MA-AVT's training loss from the model's outputs, with the batch's distribution given at construction.
+
+`MAAVTLoss(cfg, group)` adds up, for labels `(N,)` (BG_LABEL = background row):
+
+- loss_fg: cross-entropy of the FG head over the foreground rows;
+- loss_bg: binary cross-entropy of the BG head (target: the row is background), when the BG token is on;
+- loss_contrastive: the blockwise contrastive loss of the projected shared-token features, background
+  rows excluded, when `model.contrastive` is not "none".
+
+With `group` (a process group of W > 1 ranks over which the global batch is split) the FG loss is
+normalised by the mean FG-row count over the ranks and the contrastive loss scores the local rows
+against the features of all ranks, so DistributedDataParallel's gradient average equals the
+one-process gradient of the global batch, background rows included. Without a group the batch
+given is the whole batch; the loss then calls no collective.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from maavt_fast.config import BG_LABEL, ModelConfig
+from maavt_fast.model.outputs import MAAVTOutput
+from maavt_fast.ops import blockwise_contrastive_loss
+from maavt_fast.ops.distributed import mean_over_ranks, multi_rank
+
+
+class MAAVTLoss:
+    """Callable `(MAAVTOutput, label (N,) or (B, T)) -> the output with loss, loss_fg, loss_bg, loss_contrastive`
+    set (0-dim; the terms that are off stay None)."""
+
+    def __init__(self, cfg: ModelConfig, group: dist.ProcessGroup | None = None):
+        self.temperature = cfg.temperature
+        self.group = group if group is not None and multi_rank(group) else None
+
+    def __call__(self, out: MAAVTOutput, label: torch.Tensor) -> MAAVTOutput:
+        label = label.reshape(-1)
+        if label.numel() != out.fg_logits.shape[0]:
+            raise ValueError(f"label must hold one entry per row of fg_logits ({out.fg_logits.shape[0]}); "
+                             f"got {tuple(label.shape)}")
+        keep = label != BG_LABEL
+        n_fg = keep.sum() if self.group is None else mean_over_ranks(keep.sum(), self.group)
+        ce = F.cross_entropy(_upcast(out.fg_logits), label.clamp(min=0), reduction="none")
+        out.loss_fg = (ce * keep).sum() / n_fg.clamp(min=1)
+        out.loss = out.loss_fg
+        if out.bg_logits is not None:
+            bg_logits = _upcast(out.bg_logits)
+            out.loss_bg = F.binary_cross_entropy_with_logits(bg_logits, (~keep).to(bg_logits.dtype))
+            out.loss = out.loss + out.loss_bg
+        if out.contrastive_features is not None:
+            audio, visual = out.contrastive_features
+            out.loss_contrastive = blockwise_contrastive_loss(audio, visual, keep, self.temperature,
+                                                              gather=self.group is not None, group=self.group)
+            out.loss = out.loss + out.loss_contrastive
+        return out
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Losses run in at least fp32 (bf16/fp16 logits under autocast are upcast)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
