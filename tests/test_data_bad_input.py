@@ -68,9 +68,9 @@ def test_bad_file_is_named_or_skipped_and_counted(clean, tmp_path, name, breaker
     cfg = broken(clean, tmp_path, "video_ds" if name.startswith("video") else "frames_ds", breaker)
     ds = build_dataset(cfg, "test", 32, 0)
     with pytest.raises(DataError, match=message) as err:
-        ds[0]
+        ds[(0, 0)]
     assert where in err.value.path
-    assert ds[1]["image"].shape == (1, 3, 32, 32)  # the intact clip still loads
+    assert ds[(0, 1)]["image"].shape == (1, 3, 32, 32)  # the intact clip still loads
     cfg.skip_bad = True
     loader = build_loader(cfg, "test", 32, batch_size=2, seed=0)
     got = list(loader)

@@ -52,7 +52,7 @@ def _jsonable(x):
     return x.item() if hasattr(x, "item") else str(x)
 
 
-def say(msg: str, enabled: bool = True) -> None:
+def print_status(msg: str, enabled: bool = True) -> None:
     """A line for the user on stdout (rank 0 only), flushed at once."""
     if enabled:
         print(msg, file=sys.stdout, flush=True)

@@ -23,7 +23,7 @@ from maavt_fast.config import Config, ConfigError
 from maavt_fast.train.checkpoint import LoopState, read_checkpoint, restore_training, save_checkpoint
 from maavt_fast.train.distributed import DistInfo, all_reduce_sum, barrier
 from maavt_fast.train.evaluate import EvalResult, evaluate
-from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration, say
+from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration, print_status
 from maavt_fast.train.metrics import summarize
 from maavt_fast.train.schedule import lr_at, set_lr, total_steps
 from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
@@ -71,7 +71,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class _Window:
+class StepResultWindow:
     """Step results since the last flush, kept on the device (no host sync per step)."""
 
     def __init__(self):
@@ -131,7 +131,7 @@ class Trainer:
     def resume_from(self, path: str | Path) -> None:
         """Load weights, optimizer, RNG and loop position (call before `fit`)."""
         self.loop = restore_training(read_checkpoint(path), self.model, self.optimizer, path, self.cfg)
-        say(f"resumed from {path} at step {self.loop.step} (epoch {self.loop.epoch + 1}, "
+        print_status(f"resumed from {path} at step {self.loop.step} (epoch {self.loop.epoch + 1}, "
             f"batch {self.loop.batch_in_epoch})", self.dist.is_main)
 
     def _network(self) -> torch.nn.Module:
@@ -148,14 +148,14 @@ class Trainer:
         if loop.step == 0:
             self.logger.reset()  # a fresh run in an existing folder starts a new log; a resumed one appends
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
-        say(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | {self.precision.reason} | "
+        print_status(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | {self.precision.reason} | "
             f"compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
             f"global batch {tc.batch_size}", dist.is_main)
         self.logger.log("start", loop.step, precision=self.precision.name, compile=tc.compile,
                         world_size=dist.world_size, device=str(dist.device), trainable_params=n_train,
                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
         progress = Progress(self.total_steps, tc.batch_size, loop.step)
-        window, started, first_step = _Window(), time.perf_counter(), loop.step
+        window, started, first_step = StepResultWindow(), time.perf_counter(), loop.step
         lr = lr_at(loop.step, tc, self.steps_per_epoch)
         while loop.step < self.total_steps and loop.epoch < tc.epochs:
             train_batches = self.make_loader("train", loop.epoch, loop.batch_in_epoch)
@@ -186,7 +186,7 @@ class Trainer:
         steps_run = loop.step - first_step
         rate = steps_run * tc.batch_size / seconds if seconds > 0 else float("nan")
         mem = peak_memory_mb(dist.device)
-        say(f"done: {steps_run} steps in {format_duration(seconds)} ({rate:.1f} samples/s incl. validation), "
+        print_status(f"done: {steps_run} steps in {format_duration(seconds)} ({rate:.1f} samples/s incl. validation), "
             f"peak memory {mem:.0f} MB", dist.is_main)
         self.logger.log("end", loop.step, seconds=seconds, samples_per_s=rate, peak_memory_mb=mem)
         if dist.is_main:
@@ -203,11 +203,11 @@ class Trainer:
         record = {"event": "train", "step": loop.step, "epoch": loop.epoch, "lr": lr, **stats, **speed}
         loop.history.append(record)
         self.logger.log("train", loop.step, **{k: v for k, v in record.items() if k not in ("event", "step")})
-        say(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed), self.dist.is_main)
+        print_status(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed), self.dist.is_main)
 
     def _validate(self, progress: Progress) -> None:
         if len(self.val_loader) == 0:
-            say("no validation data: `best` is not written; `latest` is the final model", self.dist.is_main)
+            print_status("no validation data: `best` is not written; `latest` is the final model", self.dist.is_main)
             return
         progress.pause()
         started = time.perf_counter()
@@ -218,7 +218,7 @@ class Trainer:
         loop.history.append({"event": "val", "step": loop.step, "epoch": loop.epoch, **m})
         self.logger.log("val", loop.step, epoch=loop.epoch, seconds=seconds, **m)
         improved = math.isfinite(m["total_acc"]) and m["total_acc"] > loop.best_acc
-        say(f"val @ step {loop.step}: loss {m['loss']:.4f} acc {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) "
+        print_status(f"val @ step {loop.step}: loss {m['loss']:.4f} acc {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) "
             f"on {m['samples']} samples in {seconds:.1f} s" + (" -> new best" if improved else ""), self.dist.is_main)
         if improved:
             loop.best_acc = m["total_acc"]

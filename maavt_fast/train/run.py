@@ -17,7 +17,7 @@ from maavt_fast.config import Config
 from maavt_fast.train.checkpoint import load_weights, read_checkpoint
 from maavt_fast.train.distributed import DistInfo, process_group
 from maavt_fast.train.evaluate import EvalResult, evaluate, write_report
-from maavt_fast.train.logging_utils import say
+from maavt_fast.train.logging_utils import print_status
 from maavt_fast.train.loop import (MakeLoader, Trainer, TrainResult, checkpoint_paths, peak_memory_mb,
                                    seed_everything)
 from maavt_fast.train.step import choose_precision
@@ -84,7 +84,7 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
                                                    cfg.data.image_std, limit=n_attention,
                                                    autocast=precision.autocast(dist.device))
         m = result.metrics
-        say(f"{split}: accuracy {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) on {m['samples']} samples, "
+        print_status(f"{split}: accuracy {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) on {m['samples']} samples, "
             f"loss {m['loss']:.4f}; {seconds:.1f} s ({m['samples'] / seconds:.1f} samples/s, {precision.name}), "
             f"peak memory {peak_memory_mb(dist.device):.0f} MB")
     return Report(split, result, paths)
@@ -116,7 +116,7 @@ def _fit_and_report(cfg: Config, dist: DistInfo, resume: str | Path | None,
     if test_split is not None:
         chosen = result.best or result.latest
         load_weights(read_checkpoint(chosen), model, chosen)
-        say(f"evaluating {chosen} on the {test_split} split", dist.is_main)
+        print_status(f"evaluating {chosen} on the {test_split} split", dist.is_main)
         final = report(cfg, dist, model, make_loader, test_split, out_dir / f"report_{test_split}")
     return result, final
 

@@ -10,19 +10,25 @@ import contextlib
 import html
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use (no side effect at import)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def plot_curves(history: list[dict], path: str | Path) -> Path:
     """Loss and accuracy against the step, train (logged averages) and val; `history` from `LoopState`."""
-    path = Path(path)
+    path, plt = Path(path), _pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for kind, style in (("train", "-"), ("val", "o-")):
         rows = [r for r in history if r["event"] == kind]
@@ -44,7 +50,7 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
 
 def plot_confusion(confusion: torch.Tensor, class_names: list[str], path: str | Path) -> Path:
     """(C, C) counts (rows = truth) as a row-normalised heat map, annotated with counts when C <= 20."""
-    path = Path(path)
+    path, plt = Path(path), _pyplot()
     cm = confusion.double()
     norm = (cm / cm.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
     c = len(class_names)
@@ -80,6 +86,8 @@ def normalize_map(attn: torch.Tensor) -> torch.Tensor:
 def attention_images(frame: torch.Tensor, attn: torch.Tensor, spec: torch.Tensor, mean, std) -> dict[str, np.ndarray]:
     """frame (3, S, S) normalised, attn (S/16, S/16), spec (S, S) -> uint8 HxWx3 images:
     frame, attention (JET), overlay (0.5/0.5 blend), spectrogram (magma, low frequencies at the bottom)."""
+    import matplotlib
+
     jet, magma = matplotlib.colormaps["jet"], matplotlib.colormaps["magma"]
     size = frame.shape[-1]
     rgb = (frame.float().cpu() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1))
