@@ -7,6 +7,7 @@ with type checking and errors that name the unknown key and the allowed ones.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -215,10 +216,12 @@ class TrainConfig:
     ckpt_every: int = option(200, "steps between `latest` checkpoints (also written at every epoch end)")
     eval_every: int = option(1, "epochs between validations (`best` checkpoint by val accuracy)")
     eval_batches: int | None = option(None, "validate on at most this many batches per rank (None: all)")
+    dist_timeout_s: int = option(300, "under torchrun: a collective that waits longer than this (a hung or dead "
+                                      "rank) ends the job with an error naming the rank")
 
     def validate(self) -> None:
         check_choices(self, "train.")
-        for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs"):
+        for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs", "dist_timeout_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "eval_batches"):
@@ -313,6 +316,8 @@ def _coerce(value, t, name: str):
             raise ConfigError(f"{name} needs {t.__name__}, got {value!r}") from None
         if t is int and isinstance(value, float) and value != out:
             raise ConfigError(f"{name} needs an integer, got {value!r}")
+        if t is float and not math.isfinite(out):
+            raise ConfigError(f"{name} needs a finite number, got {value!r}")
         return out
     raise ConfigError(f"{name}: unsupported field type {t}")
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from maavt_fast.config import DataConfig
 from maavt_fast.data.dataset import ClipDataset
+from maavt_fast.data.errors import DataError
 from maavt_fast.data.sampling import epoch_order, shard
 
 @dataclass
@@ -39,8 +40,12 @@ class Batch:
         return len(self.label)
 
 
-def collate(items: list) -> tuple[Batch | None, int]:
-    """(batch of the good items or None if all were bad, number of bad (None) items)."""
+def collate(items: list) -> tuple[Batch | DataError | None, int]:
+    """(batch of the good items, or None if all were bad, or the first item's DataError; number of bad (None)
+    items). A worker hands a DataError back as a value, so the main process raises it unchanged."""
+    error = next((it for it in items if isinstance(it, DataError)), None)
+    if error is not None:
+        return error, 0
     good = [it for it in items if it is not None]
     if not good:
         return None, len(items)
@@ -60,8 +65,12 @@ class EpochKeyedDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
+        """The item (None: skipped as bad) or, without skip_bad, the DataError that it raised."""
         epoch, index, valid = key
-        item = self.dataset[(epoch, index)]
+        try:
+            item = self.dataset[(epoch, index)]
+        except DataError as e:
+            return e
         return None if item is None else dict(item, valid=valid)
 
 
@@ -104,6 +113,8 @@ class Loader:
                             collate_fn=collate, worker_init_fn=_worker_init if self.num_workers else None,
                             pin_memory=torch.cuda.is_available())
         for position, (batch, bad) in enumerate(loader, start=self.start_batch + 1):
+            if isinstance(batch, DataError):
+                raise batch
             self.skipped += bad
             self.position = position
             if batch is not None:

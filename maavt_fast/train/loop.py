@@ -23,6 +23,7 @@ from maavt_fast.config import Config, ConfigError
 from maavt_fast.train.checkpoint import LoopState, read_checkpoint, restore_training, save_checkpoint
 from maavt_fast.train.distributed import DistInfo, all_reduce_sum, barrier
 from maavt_fast.train.evaluate import EvalResult, evaluate
+from maavt_fast.train.interrupt import NoStop, RunInterrupted, StopSignals
 from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration, print_status
 from maavt_fast.train.metrics import summarize
 from maavt_fast.train.schedule import lr_at, set_lr, total_steps
@@ -141,12 +142,15 @@ class Trainer:
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
 
-    def fit(self) -> TrainResult:
+    def fit(self, stop: StopSignals | NoStop = NoStop()) -> TrainResult:
+        """Train to the end; on a signal `stop` reports, save `latest` after the step and raise RunInterrupted."""
         tc, dist, loop = self.cfg.train, self.dist, self.loop
         step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
                             tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile, seed=tc.seed)
         if loop.step == 0:
             self.logger.reset()  # a fresh run in an existing folder starts a new log; a resumed one appends
+        else:
+            self.logger.drop_after(loop.step)  # records logged after the checkpoint are logged again
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
         print_status(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | {self.precision.reason} | "
             f"compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
@@ -171,6 +175,11 @@ class Trainer:
                     self._log_train(window.reduce(dist.world_size), progress, lr)
                 if loop.step % tc.ckpt_every == 0:
                     self._save(self.latest_path, progress)
+                signum = stop.requested(loop.step)
+                if signum:
+                    self._log_train(window.reduce(dist.world_size), progress, lr)
+                    self._save(self.latest_path, progress)
+                    raise RunInterrupted(signum, loop.step, self.latest_path)
                 if loop.step >= self.total_steps:
                     break
             else:  # the loader is exhausted: the epoch is complete (even if it skipped unreadable batches)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +16,14 @@ import torch
 
 from maavt_fast.config import Config
 from maavt_fast.train.checkpoint import load_weights, read_checkpoint
-from maavt_fast.train.distributed import DistInfo, process_group
+from maavt_fast.train.distributed import DistInfo, all_reduce_sum, process_group
 from maavt_fast.train.evaluate import EvalResult, evaluate, write_report
+from maavt_fast.train.interrupt import StopSignals
 from maavt_fast.train.logging_utils import print_status
 from maavt_fast.train.loop import (MakeLoader, Trainer, TrainResult, checkpoint_paths, peak_memory_mb,
                                    seed_everything)
+from maavt_fast.train.preflight import preflight
+from maavt_fast.train.run_folder import RunFolder, RunFolderError, check_new_run
 from maavt_fast.train.step import choose_precision
 from maavt_fast.train.visualize import attention_gallery
 
@@ -90,28 +94,47 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
     return Report(split, result, paths)
 
 
-def run_train(cfg: Config, resume: str | Path | None = None,
-              test_split: str | None = "test") -> tuple[TrainResult, Report | None]:
-    """Train per `cfg` (single process or under torchrun), then evaluate the best checkpoint on `test_split`."""
-    with process_group(cfg.train.device) as dist:
-        return _fit_and_report(cfg, dist, resume, test_split)
+def run_train(cfg: Config, resume: str | Path | None = None, test_split: str | None = "test",
+              overwrite: bool = False, adapt_num_classes: bool = False) -> tuple[TrainResult, Report | None]:
+    """Train per `cfg` (single process or under torchrun), then evaluate the best checkpoint on `test_split`.
+
+    Everything that can be checked before step 1 is (preflight.py); rank 0 holds the run folder for the
+    run (run_folder.py); a fresh run into a folder holding one needs `overwrite`; SIGTERM/SIGINT stop the
+    run after the current step with `latest` written (interrupt.py)."""
+    with process_group(cfg.train.device, cfg.train.dist_timeout_s) as dist:
+        cfg = preflight(cfg, test_split, adapt_num_classes, dist.is_main)
+        with ExitStack() as folder:
+            failure = None
+            if dist.is_main:
+                try:
+                    folder.enter_context(RunFolder(cfg.train.out_dir))
+                    if resume is None:
+                        check_new_run(cfg.train.out_dir, overwrite)
+                except RunFolderError as e:
+                    failure = e
+            if int(all_reduce_sum(torch.tensor([failure is not None], device=dist.device)).item()):
+                raise failure or RunFolderError(f"rank 0 could not take train.out_dir {cfg.train.out_dir}")
+            return _fit_and_report(cfg, dist, resume, test_split)
 
 
 def _fit_and_report(cfg: Config, dist: DistInfo, resume: str | Path | None,
                     test_split: str | None) -> tuple[TrainResult, Report | None]:
     """The body of `run_train`; the trainer (and its DDP wrapper) dies with this frame, before the group."""
     out_dir = Path(cfg.train.out_dir)
-    if dist.is_main:
-        write_config(cfg, out_dir)
     model = build_model(cfg)
     make_loader = loader_factory(cfg, dist)
     trainer = Trainer(cfg, dist, model, make_loader)
     if resume == "auto":
         latest = checkpoint_paths(out_dir)[0]
         resume = latest if latest.exists() else None
+        if resume is None and dist.is_main:
+            check_new_run(out_dir, overwrite=False)
     if resume is not None:
         trainer.resume_from(resume)
-    result = trainer.fit()
+    if dist.is_main:  # only now: a refused command changes nothing on disk
+        write_config(cfg, out_dir)
+    with StopSignals(dist.device, dist.distributed, cfg.train.log_every) as stop:
+        result = trainer.fit(stop)
     final = None
     if test_split is not None:
         chosen = result.best or result.latest
@@ -124,7 +147,7 @@ def _fit_and_report(cfg: Config, dist: DistInfo, resume: str | Path | None,
 def run_eval(cfg: Config, checkpoint: str | Path | None, split: str, out_dir: str | Path,
              n_attention: int = 8) -> Report:
     """Evaluate a checkpoint (ours or official; None = the untrained model) on `split`; write the report."""
-    with process_group(cfg.train.device) as dist, torch.no_grad():
+    with process_group(cfg.train.device, cfg.train.dist_timeout_s) as dist, torch.no_grad():
         model = build_model(cfg)
         if checkpoint is not None:
             load_weights(read_checkpoint(checkpoint), model, checkpoint)
