@@ -118,9 +118,9 @@ def cmd_train(args, overrides) -> int:
 
 
 def _data_defines_classes(args, overrides: dict[str, str], cfg: Config) -> bool:
-    """A fresh run whose class count nobody set (no option, not in the --config file) on a CSV manifest or a
-    synthetic set takes the data's class count."""
-    if args.resume is not None or "model.num_classes" in overrides:
+    """A run whose class count nobody set (no option, not in the --config file) on a CSV manifest or a synthetic
+    set takes the data's class count (the same again when it resumes)."""
+    if "model.num_classes" in overrides:
         return False
     if args.config and "num_classes" in (read_config_file(args.config).get("model") or {}):
         return False

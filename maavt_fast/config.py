@@ -17,6 +17,7 @@ BG_LABEL = -1  # canonical label of a background (mismatched) pair everywhere in
 CONTRASTIVE_MODES = ("blockwise_sep", "blockwise_cmn", "final", "none")
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
 LAYERWISE_TOKEN_MODES = ("none", "common")
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds the lr in a float32 tensor
 MAX_LSA_TOKENS = 64  # tokens per group the fused group-attention kernel takes (kernels/group_attention.py)
 
 
@@ -227,8 +228,8 @@ class TrainConfig:
         for name in ("max_steps", "eval_batches"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1 or None, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= FLOAT32_MAX:
+            raise ConfigError(f"train.lr must be > 0 and fit a float32 (<= {FLOAT32_MAX:.4g}), got {self.lr}")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_mod_alpha < 0:
             raise ConfigError("train.weight_decay, train.warmup_epochs and train.grad_mod_alpha must be >= 0")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from maavt_fast.data.errors import DataError
 from maavt_fast.data.sampling import split_rng
 
 log = logging.getLogger(__name__)
+_WARNED: set[tuple] = set()  # (root, split, count) of the left-out rows already reported: once per process
 
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # label order of the release (spec §1.3)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -111,8 +113,18 @@ def _count_frames(folder: Path) -> int:
 def _read_csv(path: Path) -> list[list[str]]:
     if not path.is_file():
         raise DataError(path, "manifest file is missing")
-    with open(path, newline="") as f:
-        return [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    return [row for row in csv.reader(io.StringIO(_utf8_text(path), newline=""))
+            if row and any(cell.strip() for cell in row)]
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; DataError naming the file and the line of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(path, f"line {line} is not UTF-8 text ({e.reason}); save the manifest as UTF-8") from None
 
 
 def _vggsound_rows(root: str) -> tuple[tuple, ...]:
@@ -169,10 +181,11 @@ def _index_vggsound(cfg: DataConfig, split: str) -> Index:
                                  f"(unknown class)"))
             continue
         clips.append(Clip(frames, audio, (lookup[cls],)))
-    absent = sum(1 for r in rows if r[4] is None and r[3] == split)
-    if absent:
-        log.info("vggsound %s: %d csv rows have no audio or fewer than %d frames on disk and are left out "
-                 "(as in the release)", split, absent, VGGSOUND_MIN_FRAMES)
+    absent = [r[1] for r in rows if r[4] is None and r[3] == split]
+    if absent and (cfg.root, split, len(absent)) not in _WARNED:
+        _WARNED.add((cfg.root, split, len(absent)))
+        log.warning("vggsound %s: %d csv row(s) have no audio or fewer than %d frames on disk and are left out "
+                    "(as in the release); first: %s", split, len(absent), VGGSOUND_MIN_FRAMES, ", ".join(absent[:3]))
     return Index(clips, classes, bad)
 
 
@@ -273,13 +286,12 @@ def _csv_rows(root: str) -> tuple[Path, list[dict]]:
 def _read_csv_rows(path: Path, _stamp: tuple) -> tuple[Path, list[dict]]:
     if not path.is_file():
         raise DataError(path, "manifest file is missing")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("split", "video_or_frames", "audio", "label") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(path, f"missing column(s) {', '.join(missing)}; the header must be "
-                                  f"split,video_or_frames,audio,label")
-        rows = [dict(r, _line=str(line)) for line, r in enumerate(reader, 2)]
+    reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""))
+    missing = [c for c in ("split", "video_or_frames", "audio", "label") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}; the header must be "
+                              f"split,video_or_frames,audio,label")
+    rows = [dict(r, _line=str(line)) for line, r in enumerate(reader, 2)]
     return path, rows
 
 

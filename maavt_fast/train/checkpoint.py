@@ -79,12 +79,20 @@ def atomic_save(obj, path: str | Path) -> Path:
     return path
 
 
-def nonfinite_tensors(state) -> list[str]:
-    """Dotted names of the floating tensors in a nested dict/list `state` that hold NaN or inf."""
+def _float_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """{dotted name: tensor} of the floating tensors in a nested dict/list `state`."""
     if isinstance(state, torch.Tensor):
-        return [""] if state.is_floating_point() and not bool(torch.isfinite(state).all()) else []
+        return {prefix: state} if state.is_floating_point() else {}
     items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
-    return [f"{k}.{n}".rstrip(".") for k, v in items for n in nonfinite_tensors(v)]
+    return {n: t for k, v in items for n, t in _float_tensors(v, f"{prefix}.{k}".lstrip(".")).items()}
+
+
+def nonfinite_tensors(state) -> list[str]:
+    """Dotted names of the floating tensors in a nested dict/list `state` that hold NaN or inf (one fused check)."""
+    tensors = _float_tensors(state)
+    if not tensors or bool(torch.isfinite(torch.cat([t.detach().reshape(-1).float() for t in tensors.values()])).all()):
+        return []
+    return [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
 
 
 def capture_rng() -> dict:
