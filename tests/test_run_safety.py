@@ -286,3 +286,18 @@ def test_importing_the_library_has_no_plotting_side_effect():
             "print('matplotlib' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
+
+
+def test_ctrl_c_is_a_stop_request_with_exit_130_and_a_second_one_interrupts():
+    import signal
+
+    from maavt_fast.train.interrupt import RunInterrupted, StopSignals
+
+    with StopSignals() as stop:
+        assert stop.requested(1) == 0
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested(2) == signal.SIGINT  # recorded, not raised
+        with pytest.raises(KeyboardInterrupt):  # the second one acts as usual
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert RunInterrupted(signal.SIGINT, 2, "r/checkpoints/latest.pt").exit_code == 130
