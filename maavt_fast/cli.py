@@ -35,7 +35,10 @@ def _type_name(t) -> str:
     if args and typing.get_origin(t) is not tuple:
         return _type_name(args[0]) + ("|none" if type(None) in typing.get_args(t) else "")
     if typing.get_origin(t) is tuple:
-        return ",".join(_type_name(a) for a in typing.get_args(t))
+        items = typing.get_args(t)
+        if items[-1] is Ellipsis:
+            return f"{_type_name(items[0])},..."
+        return ",".join(_type_name(a) for a in items)
     return {bool: "true|false", int: "INT", float: "FLOAT", str: "STR"}.get(t, str(t))
 
 

@@ -153,6 +153,9 @@ class DataConfig:
 
     dataset: str = option("vggsound", "dataset layout of `root`", ("vggsound", "cremad", "ave", "csv"))
     root: str = option("", "dataset folder (official layout) or CSV manifest")
+    classes: tuple[str, ...] = option((), "class names in label order (vggsound/csv layouts); empty: the train "
+                                          "split's, sorted (numbers numerically). A run stores them here, so resume "
+                                          "and eval map the data's classes by name")
     frames_per_clip: int = option(1, "frames (segments) per clip, T")
     bg_prob: float = option(0.2, "train-time probability of a mismatched (background) pair")
     bg_parity_bug: bool = option(False, "reproduce the release's never-swapped background pairs (spec §1.5)")
@@ -177,6 +180,8 @@ class DataConfig:
             raise ConfigError(f"data.frames_per_clip must be >= 1, got {self.frames_per_clip}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError("data.classes names a class twice")
         if any(s <= 0 for s in self.image_std):
             raise ConfigError(f"data.image_std must be > 0, got {self.image_std}")
         self.audio.validate()

@@ -301,3 +301,57 @@ def test_ctrl_c_is_a_stop_request_with_exit_130_and_a_second_one_interrupts():
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert RunInterrupted(signal.SIGINT, 2, "r/checkpoints/latest.pt").exit_code == 130
+
+
+# --------------------------------------------------------------------------------------- class names
+
+def _csv_rows(root):
+    import csv
+
+    return list(csv.reader((root / "vggsound.csv").open()))
+
+
+def _write_rows(root, rows):
+    import csv
+
+    with (root / "vggsound.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_class_names_travel_with_the_run_and_map_the_data_by_name(trained, synth_root, tmp_path, capsys):
+    best = trained / "checkpoints" / "best.pt"
+    names = list(read_checkpoint(best)["config"]["data"]["classes"])
+    assert len(names) == 4 and names == sorted(names)
+
+    def scores(root, name):
+        code, _, err = run_main(["eval", "--checkpoint", best, "--data.root", root, "--out", tmp_path / name,
+                                 "--attention", "0", "--data.num_workers", "0"], capsys)
+        assert code == 0, err
+        return json.loads((tmp_path / name / "metrics_test.json").read_text())
+
+    want = scores(synth_root, "original")
+    # a copy without the train clips of the first class sorts its train classes differently; a test-only
+    # copy has none at all: both still evaluate each test clip against its own class
+    partial = shutil.copytree(synth_root, tmp_path / "partial")
+    _write_rows(partial, [r for r in _csv_rows(partial) if not (r[2] == names[0] and r[3] == "train")])
+    test_only = shutil.copytree(synth_root, tmp_path / "test_only")
+    for media in ("frames", "audio"):
+        shutil.rmtree(test_only / media / "train")
+    for root, name in ((partial, "partial"), (test_only, "test_only")):
+        got = scores(root, name)
+        assert (got["total_acc"], got["loss"], got["per_class_acc"]) == \
+            (want["total_acc"], want["loss"], want["per_class_acc"]), name
+    # a class the checkpoint does not know is refused, named
+    rows = _csv_rows(partial)
+    _write_rows(partial, rows + [[r[0], r[1], "zebra", r[3]] for r in rows if r[3] == "train"][:1])
+    code, _, err = run_main(["eval", "--checkpoint", best, "--data.root", partial, "--out", tmp_path / "z",
+                             "--attention", "0"], capsys)
+    assert code == 2 and "'zebra' are not among the 4 classes" in one_line_error(err)
+
+
+def test_numeric_class_names_sort_numerically():
+    from maavt_fast.config import DataConfig
+    from maavt_fast.data.manifests import class_order
+
+    assert class_order({"10", "2", "0", "1", "cat"}, DataConfig()) == ["0", "1", "2", "10", "cat"]
+    assert class_order({"b"}, DataConfig(classes=("b", "a"))) == ["b", "a"]

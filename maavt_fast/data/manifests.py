@@ -79,8 +79,27 @@ def build_index(cfg: DataConfig, split: str, seed: int) -> Index:
 
 
 def class_names(cfg: DataConfig) -> list[str]:
-    """Class names in label order (label k is class_names(cfg)[k])."""
-    return list(_INDEXERS[cfg.dataset](cfg, "train").classes)
+    """Class names in label order (label k is class_names(cfg)[k]): `cfg.classes` when set (a run stores them
+    there), else the train split's."""
+    return list(cfg.classes) or list(_INDEXERS[cfg.dataset](cfg, "train").classes)
+
+
+def _natural(name: str) -> tuple:
+    """Sort key: numeric names by value (0, 1, 2, 10) before the other names, in string order."""
+    text = name.strip()
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
+
+
+def class_order(found: set[str], cfg: DataConfig) -> list[str]:
+    """Label order of the class names `found` in the data: `cfg.classes` (names it does not know are refused,
+    named), else the names sorted (numbers numerically)."""
+    if not cfg.classes:
+        return sorted(found, key=_natural)
+    unknown = sorted(found - set(cfg.classes), key=_natural)
+    if unknown:
+        raise DataError(cfg.root, f"class(es) {', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''} "
+                                  f"are not among the {len(cfg.classes)} classes of data.classes (the model's)")
+    return list(cfg.classes)
 
 
 def _has_own_val(cfg: DataConfig) -> bool:
@@ -170,7 +189,7 @@ def _index_vggsound(cfg: DataConfig, split: str) -> Index:
     rows = _vggsound_rows(cfg.root)
     bad = [r[4] for r in rows if isinstance(r[4], DataError)]
     media = [r for r in rows if isinstance(r[4], tuple)]
-    classes = sorted({r[2] for r in media if r[3] == "train"})
+    classes = class_order({r[2] for r in media if r[3] == "train"}, cfg)
     lookup = {c: i for i, c in enumerate(classes)}
     clips = []
     for line, name, cls, row_split, (frames, audio) in media:
@@ -308,7 +327,7 @@ def _index_csv(cfg: DataConfig, split: str) -> Index:
             bad.append(DataError(where, f"split {r['split']!r} is not train, val or test"))
         else:
             good.append(r)
-    classes = sorted({r["label"].strip() for r in good})
+    classes = class_order({r["label"].strip() for r in good}, cfg)
     lookup = {c: i for i, c in enumerate(classes)}
     rule = "center" if cfg.frames_per_clip == 1 else "spread"
     clips = []

@@ -201,6 +201,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def check_resume_config(saved: dict, cfg: Config, path: str | Path) -> None:
     """Refuse to resume under a config that changes the run (model, data order, optimisation), naming the keys."""
     old, new = _flatten(Config.from_dict(saved).to_dict()), _flatten(cfg.to_dict())
+    if not old["data.classes"]:  # a run from before class names were stored: its labels came from the data
+        new["data.classes"] = ()
     changed = sorted(k for k in old if old[k] != new[k] and k not in RESUMABLE_CHANGES)
     if changed:
         raise CheckpointError(f"cannot resume {path} exactly: the config differs in " +

@@ -1,10 +1,13 @@
 """What a training run checks before step 1, so that no error arrives after the training it should prevent.
 
 The data is indexed once up front: the train split must have media, its classes must fit
-`model.num_classes`, and the split evaluated after training must exist and hold clips (classes
+`model.num_classes` (their names are stored as `data.classes`, so label k means the same class on
+resume and in evaluation, whatever order another copy of the data sorts in), and the split evaluated after training must exist and hold clips (classes
 without train clips in it are refused by the index, naming the row).
 """
 from __future__ import annotations
+
+import dataclasses
 
 from maavt_fast.config import Config, ConfigError, apply_overrides
 from maavt_fast.train.logging_utils import print_status
@@ -21,6 +24,8 @@ def preflight(cfg: Config, test_split: str | None, adapt_num_classes: bool = Fal
     if not train.clips:
         raise DataError(data.root, f"no media found: the {data.dataset} manifest lists no train clip whose frames "
                                    f"and audio exist under the root")
+    if not data.classes and data.dataset in ("vggsound", "csv"):  # stored with the run: label k stays class k
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(data, classes=tuple(train.classes)))
     n = len(train.classes)
     if adapt_num_classes and n != cfg.model.num_classes:
         print_status(f"model.num_classes: {n}, the classes of the data (was {cfg.model.num_classes})", verbose)

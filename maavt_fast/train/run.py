@@ -6,6 +6,7 @@ gallery (`attention/index.html`); a training run also writes `config.json`, `log
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from contextlib import ExitStack
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from maavt_fast.config import Config
-from maavt_fast.train.checkpoint import load_weights, read_checkpoint
+from maavt_fast.train.checkpoint import checkpoint_config, is_official, load_weights, read_checkpoint
 from maavt_fast.train.distributed import DistInfo, all_reduce_sum, process_group
 from maavt_fast.train.evaluate import EvalResult, evaluate, write_report
 from maavt_fast.train.interrupt import StopSignals
@@ -81,6 +82,7 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
     paths: dict[str, Path] = {}
     if dist.is_main:
         names = class_names(cfg.data)
+        names += [f"class_{k}" for k in range(len(names), cfg.model.num_classes)]  # classes absent from the data
         paths = write_report(result, out_dir, split, names)
         if n_attention > 0:
             batch = next(iter(loader)).to(dist.device)
@@ -102,7 +104,8 @@ def run_train(cfg: Config, resume: str | Path | None = None, test_split: str | N
     run (run_folder.py); a fresh run into a folder holding one needs `overwrite`; SIGTERM/SIGINT stop the
     run after the current step with `latest` written (interrupt.py)."""
     with process_group(cfg.train.device, cfg.train.dist_timeout_s) as dist:
-        cfg = preflight(cfg, test_split, adapt_num_classes, dist.is_main)
+        latest = checkpoint_paths(cfg.train.out_dir)[0] if resume == "auto" else resume
+        cfg = preflight(with_checkpoint_classes(cfg, latest), test_split, adapt_num_classes, dist.is_main)
         with ExitStack() as folder:
             failure = None
             if dist.is_main:
@@ -115,6 +118,16 @@ def run_train(cfg: Config, resume: str | Path | None = None, test_split: str | N
             if int(all_reduce_sum(torch.tensor([failure is not None], device=dist.device)).item()):
                 raise failure or RunFolderError(f"rank 0 could not take train.out_dir {cfg.train.out_dir}")
             return _fit_and_report(cfg, dist, resume, test_split)
+
+
+def with_checkpoint_classes(cfg: Config, path: str | Path | None) -> Config:
+    """`cfg` with the class names stored in our checkpoint at `path` when `cfg` names none, so label k means
+    the class it meant in training whatever order this copy of the data sorts in."""
+    if cfg.data.classes or path is None or not Path(path).is_file():
+        return cfg
+    ckpt = read_checkpoint(path)
+    saved = () if is_official(ckpt) else checkpoint_config(ckpt, path).data.classes
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes=saved)) if saved else cfg
 
 
 def _fit_and_report(cfg: Config, dist: DistInfo, resume: str | Path | None,
@@ -147,6 +160,7 @@ def _fit_and_report(cfg: Config, dist: DistInfo, resume: str | Path | None,
 def run_eval(cfg: Config, checkpoint: str | Path | None, split: str, out_dir: str | Path,
              n_attention: int = 8) -> Report:
     """Evaluate a checkpoint (ours or official; None = the untrained model) on `split`; write the report."""
+    cfg = with_checkpoint_classes(cfg, checkpoint)
     with process_group(cfg.train.device, cfg.train.dist_timeout_s) as dist, torch.no_grad():
         model = build_model(cfg)
         if checkpoint is not None:
