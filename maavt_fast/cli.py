@@ -1,8 +1,9 @@
 """`maavt` command line: demo, train, eval, synth, prepare, convert, bench.
 
 Commands that build a model take `--preset NAME` and/or `--config FILE` (YAML or JSON; layered as
-preset, then the file, then the options) plus any number of dotted config overrides such as `--train.batch_size 32` or `--model.vit=vit_small_patch16_224`;
-`maavt <command> --help` lists every config field with its type and meaning.
+preset, then the file, then the options) plus any number of dotted config overrides such as
+`--train.batch_size 32` or `--model.vit=vit_small_patch16_224`; `maavt <command> --help` lists every
+config field with its type and meaning.
 """
 from __future__ import annotations
 

@@ -63,7 +63,8 @@ def process_group(requested_device: str = "auto", timeout_s: int = 300) -> Itera
         torch.cuda.set_device(device)
     joined = world_size > 1 and not dist.is_initialized()  # a group the caller made stays theirs
     if joined:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
     try:
         yield DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
         if joined:

@@ -133,7 +133,7 @@ class Trainer:
         """Load weights, optimizer, RNG and loop position (call before `fit`)."""
         self.loop = restore_training(read_checkpoint(path), self.model, self.optimizer, path, self.cfg)
         print_status(f"resumed from {path} at step {self.loop.step} (epoch {self.loop.epoch + 1}, "
-            f"batch {self.loop.batch_in_epoch})", self.dist.is_main)
+                     f"batch {self.loop.batch_in_epoch})", self.dist.is_main)
 
     def _network(self) -> torch.nn.Module:
         if not self.dist.distributed:
@@ -152,9 +152,9 @@ class Trainer:
         else:
             self.logger.drop_after(loop.step)  # records logged after the checkpoint are logged again
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
-        print_status(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | {self.precision.reason} | "
-            f"compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
-            f"global batch {tc.batch_size}", dist.is_main)
+        print_status(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | "
+                     f"{self.precision.reason} | compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} "
+                     f"steps/epoch, {self.total_steps} steps, global batch {tc.batch_size}", dist.is_main)
         self.logger.log("start", loop.step, precision=self.precision.name, compile=tc.compile,
                         world_size=dist.world_size, device=str(dist.device), trainable_params=n_train,
                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
@@ -178,7 +178,9 @@ class Trainer:
                 signum = stop.requested(loop.step)
                 if signum:
                     self._log_train(window.reduce(dist.world_size), progress, lr)
-                    self._save(self.latest_path, progress)
+                    if loop.step % tc.ckpt_every:  # not saved just above
+                        self._save(self.latest_path, progress)
+                    self.logger.close()
                     raise RunInterrupted(signum, loop.step, self.latest_path)
                 if loop.step >= self.total_steps:
                     break
@@ -196,7 +198,7 @@ class Trainer:
         rate = steps_run * tc.batch_size / seconds if seconds > 0 else float("nan")
         mem = peak_memory_mb(dist.device)
         print_status(f"done: {steps_run} steps in {format_duration(seconds)} ({rate:.1f} samples/s incl. validation), "
-            f"peak memory {mem:.0f} MB", dist.is_main)
+                     f"peak memory {mem:.0f} MB", dist.is_main)
         self.logger.log("end", loop.step, seconds=seconds, samples_per_s=rate, peak_memory_mb=mem)
         if dist.is_main:
             plot_curves(loop.history, self.out_dir / "curves.png")
@@ -212,7 +214,8 @@ class Trainer:
         record = {"event": "train", "step": loop.step, "epoch": loop.epoch, "lr": lr, **stats, **speed}
         loop.history.append(record)
         self.logger.log("train", loop.step, **{k: v for k, v in record.items() if k not in ("event", "step")})
-        print_status(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed), self.dist.is_main)
+        print_status(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed),
+                     self.dist.is_main)
 
     def _validate(self, progress: Progress) -> None:
         if len(self.val_loader) == 0:
@@ -227,8 +230,9 @@ class Trainer:
         loop.history.append({"event": "val", "step": loop.step, "epoch": loop.epoch, **m})
         self.logger.log("val", loop.step, epoch=loop.epoch, seconds=seconds, **m)
         improved = math.isfinite(m["total_acc"]) and m["total_acc"] > loop.best_acc
-        print_status(f"val @ step {loop.step}: loss {m['loss']:.4f} acc {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) "
-            f"on {m['samples']} samples in {seconds:.1f} s" + (" -> new best" if improved else ""), self.dist.is_main)
+        print_status(f"val @ step {loop.step}: loss {m['loss']:.4f} acc {m['total_acc']:.4f} (bg-aware "
+                     f"{m['pred_acc']:.4f}) on {m['samples']} samples in {seconds:.1f} s"
+                     + (" -> new best" if improved else ""), self.dist.is_main)
         if improved:
             loop.best_acc = m["total_acc"]
             self._save(self.best_path, None)

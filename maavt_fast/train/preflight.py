@@ -2,8 +2,9 @@
 
 The data is indexed once up front: the train split must have media, its classes must fit
 `model.num_classes` (their names are stored as `data.classes`, so label k means the same class on
-resume and in evaluation, whatever order another copy of the data sorts in), and the split evaluated after training must exist and hold clips (classes
-without train clips in it are refused by the index, naming the row).
+resume and in evaluation, whatever order another copy of the data sorts in), and the split evaluated
+after training must exist and hold clips (classes without train clips in it are refused by the index,
+naming the row).
 """
 from __future__ import annotations
 

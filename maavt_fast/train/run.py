@@ -90,9 +90,9 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
                                                    cfg.data.image_std, limit=n_attention,
                                                    autocast=precision.autocast(dist.device))
         m = result.metrics
-        print_status(f"{split}: accuracy {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) on {m['samples']} samples, "
-            f"loss {m['loss']:.4f}; {seconds:.1f} s ({m['samples'] / seconds:.1f} samples/s, {precision.name}), "
-            f"peak memory {peak_memory_mb(dist.device):.0f} MB")
+        print_status(f"{split}: accuracy {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) on {m['samples']} "
+                     f"samples, loss {m['loss']:.4f}; {seconds:.1f} s ({m['samples'] / seconds:.1f} samples/s, "
+                     f"{precision.name}), peak memory {peak_memory_mb(dist.device):.0f} MB")
     return Report(split, result, paths)
 
 
