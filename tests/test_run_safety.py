@@ -356,3 +356,14 @@ def test_numeric_class_names_sort_numerically():
 
     assert class_order({"10", "2", "0", "1", "cat"}, DataConfig()) == ["0", "1", "2", "10", "cat"]
     assert class_order({"b"}, DataConfig(classes=("b", "a"))) == ["b", "a"]
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("--model.depth", "13", "model.depth=13 exceeds the 12 blocks of vit_tiny_patch16_224"),
+    ("--model.vit", "resnet18", "model.vit='resnet18' is a ResNet, not a timm VisionTransformer"),
+    ("--model.vit", "vit_small_patch32_224", "must be a timm VisionTransformer with patch size 16"),
+])
+def test_a_vit_that_cannot_work_is_refused_before_step_one(synth_root, tmp_path, capsys, option, value, match):
+    code, _, err = run_main(train_args(synth_root, tmp_path / "run", option, value), capsys)
+    assert code == 2 and match in one_line_error(err)
+    assert not (tmp_path / "run" / "checkpoints").exists()

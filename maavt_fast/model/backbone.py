@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from maavt_fast.config import ModelConfig
+from maavt_fast.config import ConfigError, ModelConfig
 from maavt_fast.safe_load import load_data_only
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ def build_vit(cfg: ModelConfig) -> VisionTransformer:
     except RuntimeError as e:
         raise WeightsError(f"timm could not build {cfg.vit!r}: {e}") from e
     if not isinstance(vit, VisionTransformer) or vit.patch_embed.patch_size != (PATCH, PATCH):
-        raise ValueError(f"model.vit={cfg.vit!r} must be a timm VisionTransformer with patch size {PATCH}")
+        raise ConfigError(f"model.vit={cfg.vit!r} must be a timm VisionTransformer with patch size {PATCH}")
     if vit.reg_token is not None or vit.no_embed_class or vit.global_pool != "token":
-        raise ValueError(f"model.vit={cfg.vit!r}: only class-token ViTs without register tokens are supported")
+        raise ConfigError(f"model.vit={cfg.vit!r}: only class-token ViTs without register tokens are supported")
     vit.patch_embed.strict_img_size = False
     if cfg.weights is None and cfg.depth is None:
         log.warning("model.weights is not set: the frozen %s is randomly initialised (right for tests and "

@@ -20,6 +20,7 @@ def preflight(cfg: Config, test_split: str | None, adapt_num_classes: bool = Fal
     from maavt_fast.data import DataError
     from maavt_fast.data.manifests import build_index
 
+    check_vit(cfg)
     data, seed = cfg.data, cfg.train.seed
     train = build_index(data, "train", seed)
     if not train.clips:
@@ -38,3 +39,21 @@ def preflight(cfg: Config, test_split: str | None, adapt_num_classes: bool = Fal
         raise DataError(data.root, f"the {test_split} split is empty or missing: add its clips, or train with "
                                    f"--no-test (or --test-split val)")
     return cfg
+
+
+def check_vit(cfg: Config) -> None:
+    """`model.vit` is a timm VisionTransformer (built on the meta device: no memory, no weights) and
+    `model.depth` does not exceed its blocks."""
+    import timm
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    try:
+        with torch.device("meta"):
+            vit = timm.create_model(cfg.model.vit, num_classes=0)
+    except Exception as e:  # noqa: BLE001 - unknown names and foreign constructors raise many types
+        raise ConfigError(f"model.vit={cfg.model.vit!r}: timm cannot build it ({type(e).__name__}: {e})") from None
+    if not isinstance(vit, VisionTransformer):
+        raise ConfigError(f"model.vit={cfg.model.vit!r} is a {type(vit).__name__}, not a timm VisionTransformer")
+    if cfg.model.depth is not None and cfg.model.depth > len(vit.blocks):
+        raise ConfigError(f"model.depth={cfg.model.depth} exceeds the {len(vit.blocks)} blocks of {cfg.model.vit}")
