@@ -367,3 +367,24 @@ def test_a_vit_that_cannot_work_is_refused_before_step_one(synth_root, tmp_path,
     code, _, err = run_main(train_args(synth_root, tmp_path / "run", option, value), capsys)
     assert code == 2 and match in one_line_error(err)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_repeated_rows_are_dropped_with_a_warning_and_conflicting_ones_refused(synth_root, tmp_path, capsys,
+                                                                                caplog):
+    from maavt_fast.config import DataConfig
+    from maavt_fast.data.manifests import build_index
+
+    root = shutil.copytree(synth_root, tmp_path / "data")
+    rows = _csv_rows(root)
+    train_row = next(r for r in rows if r[3] == "train")
+    _write_rows(root, rows + [train_row])
+    cfg = DataConfig(root=str(root), val_fraction=0.5)
+    train, val = build_index(cfg, "train", 0), build_index(cfg, "val", 0)
+    assert len(train.clips) + len(val.clips) == sum(r[3] == "train" for r in rows)  # the repeat is gone
+    assert not {c.audio for c in train.clips} & {c.audio for c in val.clips}
+    assert f"dropped 1 repeated manifest row(s) (same clip, label and split); first: {root / 'vggsound.csv'}" \
+        in caplog.text
+    other = next(r[2] for r in rows if r[2] != train_row[2])
+    _write_rows(root, rows + [[train_row[0], train_row[1], other, "train"]])
+    code, _, err = run_main(train_args(root, tmp_path / "run"), capsys)
+    assert code == 2 and f"is listed as {other!r} (train) here and as {train_row[2]!r}" in one_line_error(err)

@@ -102,6 +102,28 @@ def class_order(found: set[str], cfg: DataConfig) -> list[str]:
     return list(cfg.classes)
 
 
+def unique_rows(rows: list, key, label, split, where) -> tuple[list, list[DataError]]:
+    """`rows` without repeats of a clip (`key`): an exact repeat (same label and split) is dropped with a
+    warning, so a clip can never be in both train and val; a clip listed with another label or in another
+    split is a bad row (DataError naming both lines)."""
+    first: dict = {}
+    kept, conflicts, repeats = [], [], []
+    for r in rows:
+        f = first.setdefault(key(r), r)
+        if f is r:
+            kept.append(r)
+        elif (label(f), split(f)) == (label(r), split(r)):
+            repeats.append(str(where(r)))
+        else:
+            conflicts.append(DataError(where(r), f"clip {key(r)} is listed as {label(r)!r} ({split(r)}) here and as "
+                                                 f"{label(f)!r} ({split(f)}) at {where(f)}"))
+    if repeats and tuple(repeats) not in _WARNED:
+        _WARNED.add(tuple(repeats))
+        log.warning("dropped %d repeated manifest row(s) (same clip, label and split); first: %s", len(repeats),
+                    ", ".join(repeats[:3]))
+    return kept, conflicts
+
+
 def _has_own_val(cfg: DataConfig) -> bool:
     """AVE has an official val split; a CSV manifest may have val rows."""
     return cfg.dataset == "ave" or (cfg.dataset == "csv" and any(r["split"] == "val" for r in _csv_rows(cfg.root)[1]))
@@ -188,7 +210,10 @@ def _scan_vggsound(root: str, _stamp: tuple) -> tuple[tuple, ...]:
 def _index_vggsound(cfg: DataConfig, split: str) -> Index:
     rows = _vggsound_rows(cfg.root)
     bad = [r[4] for r in rows if isinstance(r[4], DataError)]
-    media = [r for r in rows if isinstance(r[4], tuple)]
+    media, conflicts = unique_rows([r for r in rows if isinstance(r[4], tuple)], key=lambda r: r[1],
+                                   label=lambda r: r[2], split=lambda r: r[3],
+                                   where=lambda r: Path(cfg.root) / f"vggsound.csv:{r[0]}")
+    bad += conflicts
     classes = class_order({r[2] for r in media if r[3] == "train"}, cfg)
     lookup = {c: i for i, c in enumerate(classes)}
     clips = []
@@ -327,6 +352,10 @@ def _index_csv(cfg: DataConfig, split: str) -> Index:
             bad.append(DataError(where, f"split {r['split']!r} is not train, val or test"))
         else:
             good.append(r)
+    good, conflicts = unique_rows(good, key=lambda r: (r["video_or_frames"].strip(), r["audio"].strip()),
+                                  label=lambda r: r["label"].strip(), split=lambda r: r["split"].strip(),
+                                  where=lambda r: Path(f"{path}:{r['_line']}"))
+    bad += conflicts
     classes = class_order({r["label"].strip() for r in good}, cfg)
     lookup = {c: i for i, c in enumerate(classes)}
     rule = "center" if cfg.frames_per_clip == 1 else "spread"
