@@ -138,11 +138,17 @@ def cmd_eval(args, overrides) -> int:
     ckpt = read_checkpoint(args.checkpoint)
     fallback = None if is_official(ckpt) or args.preset or args.config else checkpoint_config(ckpt, args.checkpoint)
     cfg = resolve_config(args, overrides, fallback)
-    out = args.out or str(Path(args.checkpoint).resolve().parent.parent / f"eval_{args.split}")
+    out = args.out or str(default_eval_dir(args.checkpoint, args.split))
     rep = run_eval(cfg, args.checkpoint, args.split, out, n_attention=args.attention)
     for name, path in rep.paths.items():
         print(f"  {name:<14} {path}")
     return 0
+
+
+def default_eval_dir(checkpoint: str | Path, split: str) -> Path:
+    """`<run>/eval_<split>` for a checkpoint in a run's `checkpoints/` folder, else `eval_<split>` beside the file."""
+    path = Path(checkpoint).resolve()
+    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / f"eval_{split}"
 
 
 def cmd_synth(args, overrides) -> int:
@@ -240,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="our .pt checkpoint or an official .pth.tar")
     _add_config_args(p)
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")
-    p.add_argument("--out", help="report folder (default: eval_<split> beside the checkpoints folder)")
+    p.add_argument("--out", help="report folder (default: <run>/eval_<split> for a run's checkpoint, else "
+                   "eval_<split> beside the checkpoint file)")
     p.add_argument("--attention", type=int, default=8, help="number of attention-map examples in the HTML index")
     p.set_defaults(func=cmd_eval)
 

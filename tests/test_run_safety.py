@@ -388,3 +388,24 @@ def test_repeated_rows_are_dropped_with_a_warning_and_conflicting_ones_refused(s
     _write_rows(root, rows + [[train_row[0], train_row[1], other, "train"]])
     code, _, err = run_main(train_args(root, tmp_path / "run"), capsys)
     assert code == 2 and f"is listed as {other!r} (train) here and as {train_row[2]!r}" in one_line_error(err)
+
+
+def test_eval_reports_go_next_to_the_run_or_beside_the_file(tmp_path):
+    run_ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    assert cli.default_eval_dir(run_ckpt, "test") == tmp_path / "run" / "eval_test"
+    assert cli.default_eval_dir(tmp_path / "model_best.pth.tar", "val") == tmp_path / "eval_val"
+
+
+def test_skipped_bad_samples_are_logged_and_summed_up(synth_root, tmp_path, capsys):
+    root = shutil.copytree(synth_root, tmp_path / "data")
+    broken = sorted((root / "frames" / "train").rglob("000001.jpg"))[:6]
+    for jpg in broken:
+        jpg.write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    code, text, _ = run_main(train_args(root, out, "--data.skip_bad", "true", "--train.max_steps", "100"), capsys)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    skipped = [r for r in records if r["event"] == "skipped"]
+    end = next(r for r in records if r["event"] == "end")
+    assert code == 0 and skipped and sum(r["samples"] for r in skipped) == sum(end["skipped"].values()) > 0
+    assert end["skipped"]["train"] + end["skipped"]["val"] == len(broken)  # one epoch: each bad clip once
+    assert f"{end['skipped']['train']} bad train samples skipped" in text

@@ -128,6 +128,8 @@ class Trainer:
         self.total_steps = total_steps(tc, self.steps_per_epoch)
         self.val_loader = make_loader("val", 0, 0)
         self.last_val: EvalResult | None = None
+        self.skipped = {"train": 0, "val": 0}  # samples skipped as bad (data.skip_bad) in this process
+        self._skipped_seen: dict[int, int] = {}
 
     def resume_from(self, path: str | Path) -> None:
         """Load weights, optimizer, RNG and loop position (call before `fit`)."""
@@ -186,6 +188,7 @@ class Trainer:
                     break
             else:  # the loader is exhausted: the epoch is complete (even if it skipped unreadable batches)
                 loop.batch_in_epoch = self.steps_per_epoch
+            self._count_skipped("train", train_batches)
             self._log_train(window.reduce(dist.world_size), progress, lr)
             if loop.batch_in_epoch >= self.steps_per_epoch:
                 loop.epoch, loop.batch_in_epoch = loop.epoch + 1, 0
@@ -197,9 +200,11 @@ class Trainer:
         steps_run = loop.step - first_step
         rate = steps_run * tc.batch_size / seconds if seconds > 0 else float("nan")
         mem = peak_memory_mb(dist.device)
+        skipped = "".join(f", {n} bad {split} samples skipped" for split, n in self.skipped.items() if n)
         print_status(f"done: {steps_run} steps in {format_duration(seconds)} ({rate:.1f} samples/s incl. validation), "
-                     f"peak memory {mem:.0f} MB", dist.is_main)
-        self.logger.log("end", loop.step, seconds=seconds, samples_per_s=rate, peak_memory_mb=mem)
+                     f"peak memory {mem:.0f} MB{skipped}", dist.is_main)
+        self.logger.log("end", loop.step, seconds=seconds, samples_per_s=rate, peak_memory_mb=mem,
+                        skipped=self.skipped)
         if dist.is_main:
             plot_curves(loop.history, self.out_dir / "curves.png")
         self.logger.close()
@@ -226,6 +231,7 @@ class Trainer:
         result = evaluate(self.model, self.val_loader, self.dist.device, self.precision,
                           self.cfg.model.num_classes, self.cfg.train.eval_batches)
         seconds = time.perf_counter() - started
+        self._count_skipped("val", self.val_loader)
         self.last_val, loop, m = result, self.loop, result.metrics
         loop.history.append({"event": "val", "step": loop.step, "epoch": loop.epoch, **m})
         self.logger.log("val", loop.step, epoch=loop.epoch, seconds=seconds, **m)
@@ -237,6 +243,17 @@ class Trainer:
             loop.best_acc = m["total_acc"]
             self._save(self.best_path, None)
         progress.resume()
+
+    def _count_skipped(self, split: str, loader) -> None:
+        """Add the samples `loader` skipped as bad since it was last counted (not the manifest rows its index
+        left out, warned about when indexed) to the totals and log them."""
+        dataset = getattr(loader, "dataset", None)
+        seen = self._skipped_seen.get(id(loader), getattr(dataset, "bad_rows", 0))
+        new = getattr(loader, "skipped", seen) - seen
+        self._skipped_seen[id(loader)] = seen + new
+        if new:
+            self.skipped[split] += new
+            self.logger.log("skipped", self.loop.step, split=split, samples=new, total=self.skipped[split])
 
     def _save(self, path: Path, progress: Progress | None) -> None:
         if progress is not None:
