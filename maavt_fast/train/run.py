@@ -103,9 +103,11 @@ def run_train(cfg: Config, resume: str | Path | None = None, test_split: str | N
     Everything that can be checked before step 1 is (preflight.py); rank 0 holds the run folder for the
     run (run_folder.py); a fresh run into a folder holding one needs `overwrite`; SIGTERM/SIGINT stop the
     run after the current step with `latest` written (interrupt.py)."""
+    if resume == "auto":  # latest.pt if there is one, else a fresh run
+        latest = checkpoint_paths(cfg.train.out_dir)[0]
+        resume = latest if latest.is_file() else None
     with process_group(cfg.train.device, cfg.train.dist_timeout_s) as dist:
-        latest = checkpoint_paths(cfg.train.out_dir)[0] if resume == "auto" else resume
-        cfg = preflight(with_checkpoint_classes(cfg, latest), test_split, adapt_num_classes, dist.is_main)
+        cfg = preflight(with_checkpoint_classes(cfg, resume), test_split, adapt_num_classes, dist.is_main)
         with ExitStack() as folder:
             failure = None
             if dist.is_main:
@@ -115,7 +117,7 @@ def run_train(cfg: Config, resume: str | Path | None = None, test_split: str | N
                         check_new_run(cfg.train.out_dir, overwrite)
                 except RunFolderError as e:
                     failure = e
-            if int(all_reduce_sum(torch.tensor([failure is not None], device=dist.device)).item()):
+            if int(all_reduce_sum(torch.tensor([int(failure is not None)], device=dist.device)).item()):
                 raise failure or RunFolderError(f"rank 0 could not take train.out_dir {cfg.train.out_dir}")
             return _fit_and_report(cfg, dist, resume, test_split)
 
@@ -137,11 +139,6 @@ def _fit_and_report(cfg: Config, dist: DistInfo, resume: str | Path | None,
     model = build_model(cfg)
     make_loader = loader_factory(cfg, dist)
     trainer = Trainer(cfg, dist, model, make_loader)
-    if resume == "auto":
-        latest = checkpoint_paths(out_dir)[0]
-        resume = latest if latest.exists() else None
-        if resume is None and dist.is_main:
-            check_new_run(out_dir, overwrite=False)
     if resume is not None:
         trainer.resume_from(resume)
     if dist.is_main:  # only now: a refused command changes nothing on disk
