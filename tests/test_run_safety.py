@@ -343,8 +343,12 @@ def test_class_names_travel_with_the_run_and_map_the_data_by_name(trained, synth
         assert (got["total_acc"], got["loss"], got["per_class_acc"]) == \
             (want["total_acc"], want["loss"], want["per_class_acc"]), name
     # a class the checkpoint does not know is refused, named
-    rows = _csv_rows(partial)
-    _write_rows(partial, rows + [[r[0], r[1], "zebra", r[3]] for r in rows if r[3] == "train"][:1])
+    yid, start = next(r for r in _csv_rows(partial) if r[3] == "train")[:2]
+    name = f"{yid}_{int(start):06d}"
+    shutil.copytree(partial / "frames" / "train" / "Image-01-FPS" / f"{name}.mp4",
+                    partial / "frames" / "train" / "Image-01-FPS" / "zebra_000000.mp4")
+    shutil.copy(partial / "audio" / "train" / f"{name}.wav", partial / "audio" / "train" / "zebra_000000.wav")
+    _write_rows(partial, _csv_rows(partial) + [["zebra", "0", "zebra", "train"]])
     code, _, err = run_main(["eval", "--checkpoint", best, "--data.root", partial, "--out", tmp_path / "z",
                              "--attention", "0"], capsys)
     assert code == 2 and "'zebra' are not among the 4 classes" in one_line_error(err)
