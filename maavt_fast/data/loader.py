@@ -7,6 +7,7 @@ The DALI path (dali.py) subclasses `Loader`; factory.py picks one of the two.
 """
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -75,7 +76,11 @@ class EpochKeyedDataset(torch.utils.data.Dataset):
 
 
 def _worker_init(_):
+    """One thread per decode worker; SIGINT/SIGTERM sent to the whole process group (Ctrl-C, a scheduler)
+    are left to the main process, which stops after the current step and then ends its workers."""
     torch.set_num_threads(1)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 class Loader:
