@@ -1,14 +1,14 @@
 """`maavt` command line: demo, train, eval, synth, prepare, convert, bench.
 
-Commands that build a model take `--preset NAME` (or `--config FILE.json`, a saved resolved config)
-plus any number of dotted config overrides such as `--train.batch_size 32` or `--model.vit=vit_small_patch16_224`;
-`maavt <command> --help` lists every config field with its type and meaning.
+Commands that build a model take `--preset NAME` and/or `--config FILE` (YAML or JSON; layered as
+preset, then the file, then the options) plus any number of dotted config overrides such as
+`--train.batch_size 32` or `--model.vit=vit_small_patch16_224`; `maavt <command> --help` lists every
+config field with its type and meaning.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import subprocess
@@ -17,10 +17,13 @@ import typing
 import warnings
 from pathlib import Path
 
-from maavt_fast.config import PRESETS, Config, ConfigError, apply_overrides, preset
+from maavt_fast.config import PRESETS, Config, ConfigError, preset
+from maavt_fast.config_file import layered_config, read_config_file, with_absolute_paths
 
 EXIT_BAD_INPUT = 2
-EXIT_NONFINITE = 3
+EXIT_NONFINITE = 3  # the loss, weights or optimizer state became NaN/inf; no checkpoint was overwritten with them
+# a run stopped by SIGINT / SIGTERM exits 128 + the signal number: 130 / 143, with `latest` written
+SYNTHETIC_PRESETS = ("synthetic", "tiny")  # presets for data `maavt synth` writes
 
 
 class CliError(Exception):
@@ -34,7 +37,10 @@ def _type_name(t) -> str:
     if args and typing.get_origin(t) is not tuple:
         return _type_name(args[0]) + ("|none" if type(None) in typing.get_args(t) else "")
     if typing.get_origin(t) is tuple:
-        return ",".join(_type_name(a) for a in typing.get_args(t))
+        items = typing.get_args(t)
+        if items[-1] is Ellipsis:
+            return f"{_type_name(items[0])},..."
+        return ",".join(_type_name(a) for a in items)
     return {bool: "true|false", int: "INT", float: "FLOAT", str: "STR"}.get(t, str(t))
 
 
@@ -72,25 +78,25 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
 
 
 def resolve_config(args, overrides: dict[str, str], fallback: Config | None = None) -> Config:
-    """--config FILE, else --preset NAME, else `fallback` (e.g. the checkpoint's config); then overrides."""
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise CliError(f"--config {path}: no such file")
-        base = Config.from_dict(json.loads(path.read_text()))
-    elif getattr(args, "preset", None):
+    """Layered: --preset NAME (else `fallback`, e.g. the checkpoint's config, else the defaults when only
+    --config is given), then --config FILE (YAML or JSON, any subset of the keys), then dotted overrides."""
+    file = getattr(args, "config", None)
+    if getattr(args, "preset", None):
         base = preset(args.preset)
     elif fallback is not None:
         base = fallback
+    elif file:
+        base = Config()
     else:
-        raise CliError(f"give --preset (one of {', '.join(PRESETS)}) or --config FILE.json")
-    return apply_overrides(base, overrides)
+        raise CliError(f"give --preset (one of {', '.join(PRESETS)}) and/or --config FILE (YAML or JSON)")
+    return layered_config(base, file, overrides)
 
 
 def _add_config_args(p: argparse.ArgumentParser, preset_required: bool = False) -> None:
     p.add_argument("--preset", choices=list(PRESETS), required=preset_required,
                    help="a named complete config: " + ", ".join(PRESETS))
-    p.add_argument("--config", metavar="FILE.json", help="a resolved config saved by an earlier run (config.json)")
+    p.add_argument("--config", metavar="FILE", help="a YAML or JSON config (any subset of the keys, e.g. a run's "
+                   "config.json), applied over --preset; dotted options apply over both")
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -110,9 +116,20 @@ def cmd_train(args, overrides) -> int:
     fallback = None
     if args.resume not in (None, "auto") and not (args.preset or args.config):
         fallback = checkpoint_config(read_checkpoint(args.resume), args.resume)
-    cfg = resolve_config(args, overrides, fallback)
-    run_train(cfg, resume=args.resume, test_split=None if args.no_test else args.test_split)
+    cfg = with_absolute_paths(resolve_config(args, overrides, fallback))
+    run_train(cfg, resume=args.resume, test_split=None if args.no_test else args.test_split,
+              overwrite=args.overwrite, adapt_num_classes=_data_defines_classes(args, overrides, cfg))
     return 0
+
+
+def _data_defines_classes(args, overrides: dict[str, str], cfg: Config) -> bool:
+    """A run whose class count nobody set (no option, not in the --config file) on a CSV manifest or a synthetic
+    set takes the data's class count (the same again when it resumes)."""
+    if "model.num_classes" in overrides:
+        return False
+    if args.config and "num_classes" in (read_config_file(args.config).get("model") or {}):
+        return False
+    return cfg.data.dataset == "csv" or args.preset in SYNTHETIC_PRESETS
 
 
 def cmd_eval(args, overrides) -> int:
@@ -125,11 +142,17 @@ def cmd_eval(args, overrides) -> int:
     else:
         fallback = None if args.preset or args.config else checkpoint_config(ckpt, args.checkpoint)
         cfg = resolve_config(args, overrides, fallback)
-    out = args.out or str(Path(args.checkpoint).resolve().parent.parent / f"eval_{args.split}")
+    out = args.out or str(default_eval_dir(args.checkpoint, args.split))
     rep = run_eval(cfg, args.checkpoint, args.split, out, n_attention=args.attention)
     for name, path in rep.paths.items():
         print(f"  {name:<14} {path}")
     return 0
+
+
+def default_eval_dir(checkpoint: str | Path, split: str) -> Path:
+    """`<run>/eval_<split>` for a checkpoint in a run's `checkpoints/` folder, else `eval_<split>` beside the file."""
+    path = Path(checkpoint).resolve()
+    return (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / f"eval_{split}"
 
 
 def cmd_synth(args, overrides) -> int:
@@ -225,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", default="test", choices=("test", "val"),
                    help="split the best checkpoint is evaluated on after training")
     p.add_argument("--no-test", action="store_true", help="skip the evaluation after training")
+    p.add_argument("--overwrite", action="store_true", help="start a fresh run even if train.out_dir holds one "
+                   "(its checkpoints and log are deleted); without it such a run is refused")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", formatter_class=fmt, epilog=fields_help, help="accuracy report of a checkpoint",
@@ -234,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="our .pt checkpoint or an official .pth.tar")
     _add_config_args(p)
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split to evaluate")
-    p.add_argument("--out", help="report folder (default: eval_<split> beside the checkpoints folder)")
+    p.add_argument("--out", help="report folder (default: <run>/eval_<split> for a run's checkpoint, else "
+                   "eval_<split> beside the checkpoint file)")
     p.add_argument("--attention", type=int, default=8, help="number of attention-map examples in the HTML index")
     p.set_defaults(func=cmd_eval)
 
@@ -283,6 +309,8 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from maavt_fast.train.checkpoint import NonFiniteStateError
+    from maavt_fast.train.interrupt import RunInterrupted
     from maavt_fast.train.loop import NonFiniteLossError
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\._inductor")  # internal deprecations
@@ -295,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
     try:
         return args.func(args, parse_overrides(rest))
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, NonFiniteStateError) as e:
         print(f"maavt {args.command}: error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
+    except RunInterrupted as e:
+        print(f"maavt {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except _user_errors() as e:
         print(f"maavt {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -7,6 +7,7 @@ with type checking and errors that name the unknown key and the allowed ones.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 import warnings
@@ -20,6 +21,7 @@ LAYERWISE_TOKEN_MODES = ("none", "common")
 PATCH_SIZE = 16  # side of the ViT's square patches: the only patch size the model supports
 # Config keys renamed since configs and checkpoints were first written: old dotted key -> current one.
 RENAMED_KEYS = {"model.parity": "model.release_quirks"}
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds the lr in a float32 tensor
 
 
 class ConfigError(ValueError):
@@ -150,6 +152,9 @@ class DataConfig:
 
     dataset: str = option("vggsound", "dataset layout of `root`", ("vggsound", "cremad", "ave", "csv"))
     root: str = option("", "dataset folder (official layout) or CSV manifest")
+    classes: tuple[str, ...] = option((), "class names in label order (vggsound/csv layouts); empty: the train "
+                                          "split's, sorted (numbers numerically). A run stores them here, so resume "
+                                          "and eval map the data's classes by name")
     frames_per_clip: int = option(1, "frames (segments) per clip, T")
     bg_prob: float = option(0.2, "train-time probability of a mismatched (background) pair")
     bg_parity_bug: bool = option(False, "reproduce the release's never-swapped background pairs (spec §1.5)")
@@ -174,6 +179,8 @@ class DataConfig:
             raise ConfigError(f"data.frames_per_clip must be >= 1, got {self.frames_per_clip}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError("data.classes names a class twice")
         if any(s <= 0 for s in self.image_std):
             raise ConfigError(f"data.image_std must be > 0, got {self.image_std}")
         self.audio.validate()
@@ -220,17 +227,19 @@ class TrainConfig:
     ckpt_every: int = option(200, "steps between `latest` checkpoints (also written at every epoch end)")
     eval_every: int = option(1, "epochs between validations (`best` checkpoint by val accuracy)")
     eval_batches: int | None = option(None, "validate on at most this many batches per rank (None: all)")
+    dist_timeout_s: int = option(300, "under torchrun: a collective that waits longer than this (a hung or dead "
+                                      "rank) ends the job with an error naming the rank")
 
     def validate(self) -> None:
         check_choices(self, "train.")
-        for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs"):
+        for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs", "dist_timeout_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "eval_batches", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1 or None, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr <= FLOAT32_MAX:
+            raise ConfigError(f"train.lr must be > 0 and fit a float32 (<= {FLOAT32_MAX:.4g}), got {self.lr}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ConfigError(f"train.clip_grad_norm must be > 0 or None, got {self.clip_grad_norm}")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or self.grad_mod_alpha < 0:
@@ -330,6 +339,8 @@ def _coerce(value, t, name: str):
             raise ConfigError(f"{name} needs {t.__name__}, got {value!r}") from None
         if t is int and isinstance(value, float) and value != out:
             raise ConfigError(f"{name} needs an integer, got {value!r}")
+        if t is float and not math.isfinite(out):
+            raise ConfigError(f"{name} needs a finite number, got {value!r}")
         return out
     raise ConfigError(f"{name}: unsupported field type {t}")
 

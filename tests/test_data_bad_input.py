@@ -19,6 +19,25 @@ def truncate(path, keep=0.5):
     path.write_bytes(data[:int(len(data) * keep)])
 
 
+def bomb(path, side=14000):
+    """A PNG whose header declares side x side pixels (decoding it would need gigabytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def nan_wav(path):
+    wave = np.zeros(32000, np.float32)
+    wave[100] = np.nan
+    sf.write(path, wave, 16000, subtype="FLOAT")
+
+
 def garbage(path):
     path.write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
 
@@ -30,7 +49,9 @@ FRAME_CASES = [
     ("jpeg empty", lambda r, v, w: (v / "000001.jpg").write_bytes(b""), "000001.jpg", "image file is empty"),
     ("jpeg truncated", lambda r, v, w: truncate(v / "000001.jpg"), "000001.jpg", "corrupt or truncated image"),
     ("jpeg corrupt", lambda r, v, w: garbage(v / "000001.jpg"), "000001.jpg", "corrupt or truncated image"),
+    ("jpeg bomb", lambda r, v, w: bomb(v / "000001.jpg"), "000001.jpg", "image too large to decode safely"),
     ("wav missing", lambda r, v, w: w.unlink(), "c2.wav", "audio file is missing"),
+    ("wav nan", lambda r, v, w: nan_wav(w), "c2.wav", "audio holds NaN or infinite samples"),
     ("wav empty", lambda r, v, w: w.write_bytes(b""), "c2.wav", "audio file is empty"),
     ("wav truncated", lambda r, v, w: truncate(w), "c2.wav", "truncated audio: the header says 32000 frames"),
     ("wav corrupt", lambda r, v, w: garbage(w), "c2.wav", "unreadable audio"),
@@ -68,9 +89,9 @@ def test_bad_file_is_named_or_skipped_and_counted(clean, tmp_path, name, breaker
     cfg = broken(clean, tmp_path, "video_ds" if name.startswith("video") else "frames_ds", breaker)
     ds = build_dataset(cfg, "test", 32, 0)
     with pytest.raises(DataError, match=message) as err:
-        ds[0]
+        ds[(0, 0)]
     assert where in err.value.path
-    assert ds[1]["image"].shape == (1, 3, 32, 32)  # the intact clip still loads
+    assert ds[(0, 1)]["image"].shape == (1, 3, 32, 32)  # the intact clip still loads
     cfg.skip_bad = True
     loader = build_loader(cfg, "test", 32, batch_size=2, seed=0)
     got = list(loader)

@@ -63,9 +63,9 @@ def test_epochs_differ_and_repeat(vgg):
 def test_start_batch_resumes_exactly(vgg):
     full = batches(vgg, epoch=2)
     assert_same(batches(vgg, epoch=2, start_batch=2), full[2:])
-    loader = build_loader(vgg, "train", 32, 4, seed=3)
-    loader.set_epoch(2, start_batch=1)
+    loader = build_loader(vgg, "train", 32, 4, seed=3, epoch=2, start_batch=1)
     assert_same(list(loader), full[1:])
+    assert_same(list(loader), full[1:])  # re-iterable: the same batches again
 
 
 @pytest.mark.parametrize("split", ["train", "test"])

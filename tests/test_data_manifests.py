@@ -23,7 +23,7 @@ def test_vggsound_index_classes_and_items(tmp_path):
     assert names == sorted(names) and len(names) == 3
     train, test = build_dataset(cfg, "train", 32, 0), build_dataset(cfg, "test", 32, 0)
     assert len(train) + len(build_dataset(cfg, "val", 32, 0)) == 9 and len(test) == 3
-    item = test[0]
+    item = test[(0, 0)]
     assert item["audio"].shape == (1, 32, 32) and item["image"].shape == (1, 3, 32, 32)
     assert item["label"].dtype == torch.int64 and item["label"].shape == (1,) and item["index"] == 0
     # the label is the sorted position of the csv class name
@@ -82,7 +82,7 @@ def test_cremad_labels_and_first_sorted_frame(tmp_path):
     assert class_names(cfg) == ["NEU", "HAP", "SAD", "FEA", "DIS", "ANG"]
     test = build_dataset(cfg, "test", 224, 0)  # header row skipped
     assert len(test) == 2
-    item = test[0]
+    item = test[(0, 0)]
     assert item["label"].tolist() == [5] and item["audio"].shape == (1, 224, 224)
     expect = transform(open_image(tmp_path / "c/frames/Image-01-FPS/1001_DFA_ANG_XX/frame_a.jpg"),
                        CropFlip.full(48, 64), 224, cfg.image_mean, cfg.image_std)
@@ -102,7 +102,7 @@ def test_ave_segments_background_and_spread_frames(tmp_path):
     assert class_names(cfg) == ["Church bell", "Violin", "Dog"]
     val = build_dataset(cfg, "val", 32, 0)
     assert [len(build_dataset(cfg, s, 32, 0)) for s in ("train", "val", "test")] == [2, 1, 1]
-    item = val[0]
+    item = val[(0, 0)]
     assert item["label"].tolist() == [BG_LABEL] * 2 + [0] * 4 + [BG_LABEL] * 4
     assert item["audio"].shape == (10, 32, 32) and item["image"].shape == (10, 3, 32, 32)
     # frames linspace(1, 12, 10) of the 12 files, bicubic resize, no augmentation even in train
@@ -112,7 +112,7 @@ def test_ave_segments_background_and_spread_frames(tmp_path):
                           for k in picks])
     torch.testing.assert_close(item["image"], expect, rtol=0, atol=0)
     train = build_dataset(cfg, "train", 32, 0)
-    torch.testing.assert_close(train[1]["image"], train[(3, 1)]["image"], rtol=0, atol=0)
+    torch.testing.assert_close(train[(0, 1)]["image"], train[(3, 1)]["image"], rtol=0, atol=0)
 
 
 def test_csv_manifest_missing_column_and_empty_cell(tmp_path):

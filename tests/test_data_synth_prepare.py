@@ -105,5 +105,5 @@ def test_prepare_audio_only_feeds_raw_video_mode(videos, tmp_path):
         f.write(f"test,{videos}/train/clipA_000000.mp4,audio/train/clipA_000000.wav,a\n")
     cfg = preset("tiny").data
     cfg.dataset, cfg.root = "csv", str(out)
-    item = build_dataset(cfg, "test", 32, 0)[0]
+    item = build_dataset(cfg, "test", 32, 0)[(0, 0)]
     assert item["image"].shape == (1, 3, 32, 32) and item["audio"].shape == (1, 32, 32)

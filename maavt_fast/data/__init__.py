@@ -7,7 +7,8 @@ Public interface used by the trainer and CLI:
 """
 from maavt_fast.data.dataset import build_dataset
 from maavt_fast.data.errors import DataError
-from maavt_fast.data.loader import Batch, build_loader
+from maavt_fast.data.factory import build_loader
+from maavt_fast.data.loader import Batch
 from maavt_fast.data.manifests import class_names
 from maavt_fast.data.prepare import prepare_videos
 from maavt_fast.data.synth import synthesize

@@ -37,6 +37,8 @@ def read_wav(path: str | Path, sample_rate: int) -> np.ndarray:
         raise DataError(path, f"truncated audio: the header says {declared} frames, the file holds {frames}")
     if len(wave) == 0:
         raise DataError(path, "audio file holds no samples")
+    if not np.isfinite(wave).all():
+        raise DataError(path, "audio holds NaN or infinite samples")
     return wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
 
 

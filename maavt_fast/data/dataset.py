@@ -1,8 +1,8 @@
 """`build_dataset`: a torch Dataset of dict items, decoded on the CPU (PIL, soundfile, torch.stft).
 
 Item: audio (T, S, S) float32, image (T, 3, S, S) float32, label (T,) int64 (background = BG_LABEL),
-index int. `dataset[i]` uses epoch `dataset.epoch`; `dataset[(epoch, i)]` names the epoch explicitly
-(the loader does this, so workers need no shared state).
+index int. Items are keyed `dataset[(epoch, i)]`: the epoch is part of the key, so workers need no
+shared state.
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ class ClipDataset(Dataset):
         self.clips, self.classes, self.bad_rows = index.clips, index.classes, len(index.bad_rows)
         self.train = split == "train"
         self.clip_labels = np.array([c.labels[0] for c in self.clips], dtype=np.int64)
-        self.epoch = 0
         if self.train and cfg.bg_prob > 0 and len(set(self.clip_labels.tolist())) < 2:
             raise DataError(cfg.root, f"data.bg_prob={cfg.bg_prob} needs train clips of at least two classes")
         if not self.clips:
@@ -47,7 +46,7 @@ class ClipDataset(Dataset):
         return plan_sample(self.clips, self.clip_labels, index, epoch, self.seed, self.cfg, self.train)
 
     def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        epoch, index = key
         try:
             return self.load(self.plan(int(index), int(epoch)))
         except DataError as e:

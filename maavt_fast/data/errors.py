@@ -12,6 +12,10 @@ class DataError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self):
+        """Pickles as (path, problem), so the error crosses process boundaries (decode workers) unchanged."""
+        return type(self), (self.path, self.problem)
+
 
 def require_file(path: str | Path, kind: str) -> Path:
     """`path` as a Path; DataError "<kind> file is missing" / "... is empty" otherwise."""

@@ -70,6 +70,8 @@ def open_image(path: str | Path) -> Image.Image:
         with Image.open(path) as im:
             im.load()
             return im.convert("RGB")
+    except Image.DecompressionBombError as e:
+        raise DataError(path, f"image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(path, f"corrupt or truncated image ({e})") from None
 
@@ -80,6 +82,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.height, im.width
+    except Image.DecompressionBombError as e:
+        raise DataError(path, f"image too large to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(path, f"not a readable image ({e})") from None
 

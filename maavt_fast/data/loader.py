@@ -1,26 +1,22 @@
-"""`build_loader`: batches of one rank for one epoch, deterministic and resumable.
+"""`Loader`: batches of one rank for one epoch on the CPU decode path, deterministic and resumable.
 
 The epoch's order comes from (seed, epoch) (shuffled for train), is sharded over ranks like
 DistributedSampler, cut into batches, and `start_batch` batches are skipped. Every sample's random
 choices come from (seed, epoch, index) (see plan.py), so batches do not depend on worker count.
-Decode path: cfg.decode ("cpu": torch DataLoader workers; "dali": maavt_fast.data.dali).
+The DALI path (dali.py) subclasses `Loader`; factory.py picks one of the two.
 """
 from __future__ import annotations
 
-import logging
+import signal
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from maavt_fast.config import DataConfig
 from maavt_fast.data.dataset import ClipDataset
+from maavt_fast.data.errors import DataError
 from maavt_fast.data.sampling import epoch_order, shard
-
-log = logging.getLogger(__name__)
-_LOGGED_PATHS: set[str] = set()
-
 
 @dataclass
 class Batch:
@@ -44,8 +40,12 @@ class Batch:
         return len(self.label)
 
 
-def collate(items: list) -> tuple[Batch | None, int]:
-    """(batch of the good items or None if all were bad, number of bad (None) items)."""
+def collate(items: list) -> tuple[Batch | DataError | None, int]:
+    """(batch of the good items, or None if all were bad, or the first item's DataError; number of bad (None)
+    items). A worker hands a DataError back as a value, so the main process raises it unchanged."""
+    error = next((it for it in items if isinstance(it, DataError)), None)
+    if error is not None:
+        return error, 0
     good = [it for it in items if it is not None]
     if not good:
         return None, len(items)
@@ -55,7 +55,7 @@ def collate(items: list) -> tuple[Batch | None, int]:
                  valid=torch.tensor([it["valid"] for it in good], dtype=torch.bool)), len(items) - len(good)
 
 
-class _Keyed(torch.utils.data.Dataset):
+class EpochKeyedDataset(torch.utils.data.Dataset):
     """Dataset view whose keys are (epoch, index, valid) triples, so workers need no epoch state."""
 
     def __init__(self, dataset: ClipDataset):
@@ -65,18 +65,26 @@ class _Keyed(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key):
+        """The item (None: skipped as bad) or, without skip_bad, the DataError that it raised."""
         epoch, index, valid = key
-        item = self.dataset[(epoch, index)]
+        try:
+            item = self.dataset[(epoch, index)]
+        except DataError as e:
+            return e
         return None if item is None else dict(item, valid=valid)
 
 
 def _worker_init(_):
+    """One thread per decode worker; SIGINT/SIGTERM sent to the whole process group (Ctrl-C, a scheduler)
+    are left to the main process, which stops after the current step and then ends its workers."""
     torch.set_num_threads(1)
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
 
 
 class Loader:
     """Re-iterable batches of one rank. len() = batches per full epoch for this rank; iteration
-    starts at `start_batch`. `set_epoch(e)` moves to epoch e from its first batch. `skipped` counts
+    starts at `start_batch`. `skipped` counts
     bad samples skipped so far (manifest rows left out at indexing included)."""
 
     def __init__(self, dataset: ClipDataset, batch_size: int, seed: int, rank: int, world_size: int, epoch: int,
@@ -88,9 +96,6 @@ class Loader:
         self.epoch, self.start_batch = epoch, start_batch
         self.position = start_batch  # planned batches of this epoch consumed, wholly skipped ones included
         self.skipped = dataset.bad_rows
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch, self.position = epoch, start_batch, start_batch
 
     def batch_keys(self) -> list[list[tuple[int, int, bool]]]:
         """This rank's batches of this epoch, from start_batch on, as (epoch, index, valid) keys."""
@@ -108,31 +113,13 @@ class Loader:
         keys = self.batch_keys()
         if not keys:
             return
-        loader = DataLoader(_Keyed(self.dataset), batch_sampler=keys, num_workers=self.num_workers,
+        loader = DataLoader(EpochKeyedDataset(self.dataset), batch_sampler=keys, num_workers=self.num_workers,
                             collate_fn=collate, worker_init_fn=_worker_init if self.num_workers else None,
                             pin_memory=torch.cuda.is_available())
         for position, (batch, bad) in enumerate(loader, start=self.start_batch + 1):
+            if isinstance(batch, DataError):
+                raise batch
             self.skipped += bad
             self.position = position
             if batch is not None:
                 yield batch
-
-
-def build_loader(cfg: DataConfig, split: str, img_size: int, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1, epoch: int = 0, start_batch: int = 0, drop_last: bool | None = None,
-                 num_workers: int | None = None, device_id: int | None = None):
-    """Batches of `split` for this rank. device_id: the GPU for DALI's mixed/gpu operators (None: DALI on CPU)."""
-    drop_last = split == "train" if drop_last is None else drop_last
-    workers = cfg.num_workers if num_workers is None else num_workers
-    dataset = ClipDataset(cfg, split, img_size, seed)
-    if cfg.decode not in _LOGGED_PATHS:
-        _LOGGED_PATHS.add(cfg.decode)
-        log.info("data: decoding on the %s path (%s)", cfg.decode,
-                 "torch DataLoader, PIL + soundfile + torch.stft" if cfg.decode == "cpu" else
-                 f"NVIDIA DALI, device_id={device_id}")
-    if cfg.decode == "dali":
-        from maavt_fast.data.dali import DaliLoader
-
-        return DaliLoader(dataset, batch_size, seed, rank, world_size, epoch, start_batch, drop_last, workers,
-                          device_id)
-    return Loader(dataset, batch_size, seed, rank, world_size, epoch, start_batch, drop_last, workers)

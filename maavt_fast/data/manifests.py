@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from maavt_fast.data.errors import DataError
 from maavt_fast.data.sampling import split_rng
 
 log = logging.getLogger(__name__)
+_WARNED: set[tuple] = set()  # (root, split, count) of the left-out rows already reported: once per process
 
 CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # label order of the release (spec §1.3)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -78,8 +80,49 @@ def build_index(cfg: DataConfig, split: str, seed: int) -> Index:
 
 
 def class_names(cfg: DataConfig) -> list[str]:
-    """Class names in label order (label k is class_names(cfg)[k])."""
-    return list(_INDEXERS[cfg.dataset](cfg, "train").classes)
+    """Class names in label order (label k is class_names(cfg)[k]): `cfg.classes` when set (a run stores them
+    there), else the train split's."""
+    return list(cfg.classes) or list(_INDEXERS[cfg.dataset](cfg, "train").classes)
+
+
+def _natural(name: str) -> tuple:
+    """Sort key: numeric names by value (0, 1, 2, 10) before the other names, in string order."""
+    text = name.strip()
+    return (0, int(text), "") if text.lstrip("-").isdigit() else (1, 0, text)
+
+
+def class_order(found: set[str], cfg: DataConfig) -> list[str]:
+    """Label order of the class names `found` in the data: `cfg.classes` (names it does not know are refused,
+    named), else the names sorted (numbers numerically)."""
+    if not cfg.classes:
+        return sorted(found, key=_natural)
+    unknown = sorted(found - set(cfg.classes), key=_natural)
+    if unknown:
+        raise DataError(cfg.root, f"class(es) {', '.join(map(repr, unknown[:5]))}{' ...' if len(unknown) > 5 else ''} "
+                                  f"are not among the {len(cfg.classes)} classes of data.classes (the model's)")
+    return list(cfg.classes)
+
+
+def unique_rows(rows: list, key, label, split, where) -> tuple[list, list[DataError]]:
+    """`rows` without repeats of a clip (`key`): an exact repeat (same label and split) is dropped with a
+    warning, so a clip can never be in both train and val; a clip listed with another label or in another
+    split is a bad row (DataError naming both lines)."""
+    first: dict = {}
+    kept, conflicts, repeats = [], [], []
+    for r in rows:
+        f = first.setdefault(key(r), r)
+        if f is r:
+            kept.append(r)
+        elif (label(f), split(f)) == (label(r), split(r)):
+            repeats.append(str(where(r)))
+        else:
+            conflicts.append(DataError(where(r), f"clip {key(r)} is listed as {label(r)!r} ({split(r)}) here and as "
+                                                 f"{label(f)!r} ({split(f)}) at {where(f)}"))
+    if repeats and tuple(repeats) not in _WARNED:
+        _WARNED.add(tuple(repeats))
+        log.warning("dropped %d repeated manifest row(s) (same clip, label and split); first: %s", len(repeats),
+                    ", ".join(repeats[:3]))
+    return kept, conflicts
 
 
 def _has_own_val(cfg: DataConfig) -> bool:
@@ -112,8 +155,18 @@ def _count_frames(folder: Path) -> int:
 def _read_csv(path: Path) -> list[list[str]]:
     if not path.is_file():
         raise DataError(path, "manifest file is missing")
-    with open(path, newline="") as f:
-        return [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    return [row for row in csv.reader(io.StringIO(_utf8_text(path), newline=""))
+            if row and any(cell.strip() for cell in row)]
+
+
+def _utf8_text(path: Path) -> str:
+    """The file's text; DataError naming the file and the line of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(path, f"line {line} is not UTF-8 text ({e.reason}); save the manifest as UTF-8") from None
 
 
 def _vggsound_rows(root: str) -> tuple[tuple, ...]:
@@ -158,8 +211,11 @@ def _scan_vggsound(root: str, _stamp: tuple) -> tuple[tuple, ...]:
 def _index_vggsound(cfg: DataConfig, split: str) -> Index:
     rows = _vggsound_rows(cfg.root)
     bad = [r[4] for r in rows if isinstance(r[4], DataError)]
-    media = [r for r in rows if isinstance(r[4], tuple)]
-    classes = sorted({r[2] for r in media if r[3] == "train"})
+    media, conflicts = unique_rows([r for r in rows if isinstance(r[4], tuple)], key=lambda r: r[1],
+                                   label=lambda r: r[2], split=lambda r: r[3],
+                                   where=lambda r: Path(cfg.root) / f"vggsound.csv:{r[0]}")
+    bad += conflicts
+    classes = class_order({r[2] for r in media if r[3] == "train"}, cfg)
     lookup = {c: i for i, c in enumerate(classes)}
     clips = []
     for line, name, cls, row_split, (frames, audio) in media:
@@ -170,10 +226,11 @@ def _index_vggsound(cfg: DataConfig, split: str) -> Index:
                                  f"(unknown class)"))
             continue
         clips.append(Clip(frames, audio, (lookup[cls],)))
-    absent = sum(1 for r in rows if r[4] is None and r[3] == split)
-    if absent:
-        log.info("vggsound %s: %d csv rows have no audio or fewer than %d frames on disk and are left out "
-                 "(as in the release)", split, absent, VGGSOUND_MIN_FRAMES)
+    absent = [r[1] for r in rows if r[4] is None and r[3] == split]
+    if absent and (cfg.root, split, len(absent)) not in _WARNED:
+        _WARNED.add((cfg.root, split, len(absent)))
+        log.warning("vggsound %s: %d csv row(s) have no audio or fewer than %d frames on disk and are left out "
+                    "(as in the release); first: %s", split, len(absent), VGGSOUND_MIN_FRAMES, ", ".join(absent[:3]))
     return Index(clips, classes, bad)
 
 
@@ -273,13 +330,12 @@ def _csv_rows(root: str) -> tuple[Path, list[dict]]:
 def _read_csv_rows(path: Path, _stamp: tuple) -> tuple[Path, list[dict]]:
     if not path.is_file():
         raise DataError(path, "manifest file is missing")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("split", "video_or_frames", "audio", "label") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(path, f"missing column(s) {', '.join(missing)}; the header must be "
-                                  f"split,video_or_frames,audio,label")
-        rows = [dict(r, _line=str(line)) for line, r in enumerate(reader, 2)]
+    reader = csv.DictReader(io.StringIO(_utf8_text(path), newline=""))
+    missing = [c for c in ("split", "video_or_frames", "audio", "label") if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(path, f"missing column(s) {', '.join(missing)}; the header must be "
+                              f"split,video_or_frames,audio,label")
+    rows = [dict(r, _line=str(line)) for line, r in enumerate(reader, 2)]
     return path, rows
 
 
@@ -296,7 +352,11 @@ def _index_csv(cfg: DataConfig, split: str) -> Index:
             bad.append(DataError(where, f"split {r['split']!r} is not train, val or test"))
         else:
             good.append(r)
-    classes = sorted({r["label"].strip() for r in good})
+    good, conflicts = unique_rows(good, key=lambda r: (r["video_or_frames"].strip(), r["audio"].strip()),
+                                  label=lambda r: r["label"].strip(), split=lambda r: r["split"].strip(),
+                                  where=lambda r: Path(f"{path}:{r['_line']}"))
+    bad += conflicts
+    classes = class_order({r["label"].strip() for r in good}, cfg)
     lookup = {c: i for i, c in enumerate(classes)}
     rule = "center" if cfg.frames_per_clip == 1 else "spread"
     clips = []

@@ -19,6 +19,8 @@ with requires("data", __name__):
     import soundfile as sf
     from PIL import Image
 
+from maavt_fast.config import ConfigError
+
 SHAPES = ("disc", "square", "ring", "diamond", "hstripes", "vstripes", "cross", "triangle")
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 235), "yellow": (235, 220, 40),
            "magenta": (220, 50, 220), "cyan": (40, 220, 220), "white": (245, 245, 245), "orange": (245, 140, 20)}
@@ -78,12 +80,18 @@ def synthesize(out_dir: str | Path, num_classes: int = 8, clips_per_class: int =
                test_fraction: float = 0.2, image_size: int = 128, seconds: float = 2.0) -> Path:
     """Write the dataset under `out_dir` and return it. Of each class's clips, `test_fraction` go to test."""
     if not 1 <= num_classes <= 64:
-        raise ValueError(f"num_classes must be in [1, 64], got {num_classes}")
+        raise ConfigError(f"num_classes (--classes) must be in [1, 64], got {num_classes}")
     if clips_per_class < 1:
-        raise ValueError(f"clips_per_class must be >= 1, got {clips_per_class}")
+        raise ConfigError(f"clips_per_class (--clips-per-class) must be >= 1, got {clips_per_class}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"test_fraction (--test-fraction) must be in [0, 1), got {test_fraction}")
+    n_test = round(clips_per_class * test_fraction)
+    if n_test >= clips_per_class:
+        raise ConfigError(f"test_fraction={test_fraction} of {clips_per_class} clips per class leaves no train clips")
+    if image_size < 16:
+        raise ConfigError(f"image_size (--image-size) must be >= 16, got {image_size}")
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
-    n_test = round(clips_per_class * test_fraction)
     rows = []
     for c in range(num_classes):
         shape, colour, _, _ = class_spec(c)

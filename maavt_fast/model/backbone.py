@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from maavt_fast._extras import requires
-from maavt_fast.config import PATCH_SIZE, ModelConfig
+from maavt_fast.config import PATCH_SIZE, ConfigError, ModelConfig
 from maavt_fast.safe_load import load_data_only
 
 with requires("model", __name__):
@@ -45,9 +45,9 @@ def build_vit(cfg: ModelConfig, weights_follow: bool = False) -> VisionTransform
     except RuntimeError as e:
         raise WeightsError(f"timm could not build {cfg.vit!r}: {e}") from e
     if not isinstance(vit, VisionTransformer) or vit.patch_embed.patch_size != (PATCH_SIZE, PATCH_SIZE):
-        raise ValueError(f"model.vit={cfg.vit!r} must be a timm VisionTransformer with patch size {PATCH_SIZE}")
+        raise ConfigError(f"model.vit={cfg.vit!r} must be a timm VisionTransformer with patch size {PATCH_SIZE}")
     if vit.reg_token is not None or vit.no_embed_class or vit.global_pool != "token":
-        raise ValueError(f"model.vit={cfg.vit!r}: only class-token ViTs without register tokens are supported")
+        raise ConfigError(f"model.vit={cfg.vit!r}: only class-token ViTs without register tokens are supported")
     vit.patch_embed.strict_img_size = False
     if cfg.weights is None and cfg.depth is None and not weights_follow:
         log.warning("model.weights is not set: the frozen %s is randomly initialised (right for tests and "

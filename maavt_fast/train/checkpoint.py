@@ -15,6 +15,7 @@ over the target, so a crash leaves either the old or the new file, never a torn 
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import tempfile
@@ -47,21 +48,52 @@ class LoopState:
     history: list[dict] = field(default_factory=list)  # one record per log/validation event (for curves)
 
 
+class NonFiniteStateError(RuntimeError):
+    """The weights or optimizer state to be saved hold NaN/inf; the file on disk is left as it was."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_save(obj, path: str | Path) -> Path:
-    """`torch.save` to a temp file beside `path`, fsync, then rename over `path`."""
+    """`torch.save` to a temp file beside `path`, fsync, then rename over `path` (mode 0666 less the umask).
+
+    A full disk raises CheckpointError ("no space left writing ...") with the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise CheckpointError(f"no space left writing {path}; the previous checkpoint is intact") from None
         raise
     return path
+
+
+def _float_tensors(state, prefix: str = "") -> dict[str, torch.Tensor]:
+    """{dotted name: tensor} of the floating tensors in a nested dict/list `state`."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state} if state.is_floating_point() else {}
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    return {n: t for k, v in items for n, t in _float_tensors(v, f"{prefix}.{k}".lstrip(".")).items()}
+
+
+def nonfinite_tensors(state) -> list[str]:
+    """Dotted names of the floating tensors in a nested dict/list `state` that hold NaN or inf (one fused check)."""
+    tensors = _float_tensors(state)
+    if not tensors or bool(torch.isfinite(torch.cat([t.detach().reshape(-1).float() for t in tensors.values()])).all()):
+        return []
+    return [name for name, t in tensors.items() if not bool(torch.isfinite(t).all())]
 
 
 def capture_rng() -> dict:
@@ -85,14 +117,21 @@ def save_checkpoint(path: str | Path, *, model, cfg: Config, optimizer: torch.op
     The frozen ViT is rebuilt from `cfg.model` on load; `with_backbone` also stores its weights, for a
     backbone that no config can rebuild (one that came out of an official checkpoint).
     """
+    trainable = model.trainable_state_dict()
+    opt_state = optimizer.state_dict() if optimizer is not None else None
+    bad = nonfinite_tensors({"model": trainable, "optimizer": (opt_state or {}).get("state", {})})
+    if bad:
+        raise NonFiniteStateError(f"{len(bad)} weight/optimizer tensor(s) hold NaN or inf (first: {bad[0]}): not "
+                                  f"written over {path}, which keeps the last good state. Lower train.lr or use "
+                                  f"train.precision=fp32")
     backbone = {"backbone": model.vit.state_dict()} if with_backbone else {}
     return atomic_save(backbone | {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "library_version": getattr(maavt_fast, "__version__", "unknown"),
         "config": cfg.to_dict(),
-        "model": model.trainable_state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "model": trainable,
+        "optimizer": opt_state,
         "loop": asdict(loop) if loop is not None else None,
         "rng": capture_rng(),
     }, path)
@@ -155,6 +194,7 @@ def load_weights(ckpt: dict, model, path: str | Path) -> None:
 RESUMABLE_CHANGES = frozenset({"train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every",
                                "train.eval_every", "train.eval_batches", "train.out_dir", "train.device",
                                "train.patience",
+                               "train.dist_timeout_s",
                                "data.root", "data.num_workers"})
 
 
@@ -168,6 +208,8 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def check_resume_config(saved: dict, cfg: Config, path: str | Path) -> None:
     """Refuse to resume under a config that changes the run (model, data order, optimisation), naming the keys."""
     old, new = _flatten(Config.from_dict(saved).to_dict()), _flatten(cfg.to_dict())
+    if not old["data.classes"]:  # a run from before class names were stored: its labels came from the data
+        new["data.classes"] = ()
     changed = sorted(k for k in old if old[k] != new[k] and k not in RESUMABLE_CHANGES)
     if changed:
         raise CheckpointError(f"cannot resume {path} exactly: the config differs in " +

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maavt_fast.config import preset
-from maavt_fast.train.logging_utils import format_duration, say
+from maavt_fast.train.logging_utils import format_duration, print_status
 from maavt_fast.train.run import run_eval, run_train
 
 DEMO_CLIPS_PER_CLASS = 80
@@ -37,20 +37,20 @@ def run_demo(out: str | Path, device: str = "auto", num_classes: int = 8, clips_
     clips = clips_per_class or DEMO_CLIPS_PER_CLASS
     root = synthesize(out / "data", num_classes=num_classes, clips_per_class=clips, seed=seed,
                       image_size=DEMO_IMAGE_SIZE)
-    say(f"[demo] synthetic dataset: {num_classes} classes x {clips} clips in {root} "
-        f"({time.perf_counter() - started:.1f} s)")
+    print_status(f"[demo] synthetic dataset: {num_classes} classes x {clips} clips in {root} "
+                 f"({time.perf_counter() - started:.1f} s)")
     cfg = preset("synthetic", {"data.root": str(root), "train.out_dir": str(out / "run"), "train.device": device,
                                "model.num_classes": str(num_classes), **(overrides or {})})
     untrained = run_eval(cfg, None, "test", out / "untrained", n_attention=0).result.metrics["total_acc"]
-    say(f"[demo] untrained model: test accuracy {untrained:.3f} (chance {1 / num_classes:.3f})")
-    result, rep = run_train(cfg, test_split="test")
+    print_status(f"[demo] untrained model: test accuracy {untrained:.3f} (chance {1 / num_classes:.3f})")
+    result, rep = run_train(cfg, test_split="test", overwrite=True)  # a demo run replaces the previous one
     trained = rep.result.metrics["total_acc"]
     seconds = time.perf_counter() - started
     paths = {"metrics": rep.paths["metrics"], "curves": result.out_dir / "curves.png",
              "confusion_csv": rep.paths["confusion_csv"], "confusion_png": rep.paths["confusion_png"],
              "attention": rep.paths["attention"], "checkpoint": result.best or result.latest,
              "log": result.out_dir / "log.jsonl", "config": result.out_dir / "config.json"}
-    say(f"\n[demo] done in {format_duration(seconds)}: test accuracy {trained:.3f} after training, "
-        f"{untrained:.3f} untrained, chance {1 / num_classes:.3f}")
-    say("[demo] report:\n" + "\n".join(f"  {k:<14} {v}" for k, v in paths.items()))
+    print_status(f"\n[demo] done in {format_duration(seconds)}: test accuracy {trained:.3f} after training, "
+                 f"{untrained:.3f} untrained, chance {1 / num_classes:.3f}")
+    print_status("[demo] report:\n" + "\n".join(f"  {k:<14} {v}" for k, v in paths.items()))
     return DemoSummary(untrained, trained, 1 / num_classes, seconds, paths)

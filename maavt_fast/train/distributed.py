@@ -10,10 +10,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from maavt_fast.config import ConfigError
 from maavt_fast.ops.distributed import multi_rank
 
 
@@ -38,20 +40,21 @@ class DistInfo:
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     """`requested` is "auto" | "cpu" | "cuda"; "cuda" without a GPU is an error, not a silent fallback."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but torch sees no CUDA device; use train.device=cpu or auto")
+        raise ConfigError("train.device=cuda but torch sees no CUDA device; use train.device=cpu or auto")
     if requested in ("cuda", "auto") and torch.cuda.is_available():
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
 
 @contextmanager
-def process_group(requested_device: str = "auto") -> Iterator[DistInfo]:
+def process_group(requested_device: str = "auto", timeout_s: int = 300) -> Iterator[DistInfo]:
     """Join torchrun's process group (RANK / WORLD_SIZE / LOCAL_RANK; world_size 1 joins nothing) for the block.
 
     On a normal exit, garbage (the DDP wrapper's reference cycles, which hold the group) is collected and
     every rank meets at a barrier before the group is destroyed: left to interpreter shutdown, gloo's
     teardown aborted about 1 run in 20 ("terminate called without an active exception", 0 in 80 since).
-    After an exception the group is destroyed at once, since the other ranks may never arrive.
+    After an exception the group is destroyed at once, since the other ranks may never arrive. A collective
+    that waits more than `timeout_s` seconds (a hung or dead rank) fails instead of waiting torch's default.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -61,7 +64,8 @@ def process_group(requested_device: str = "auto") -> Iterator[DistInfo]:
         torch.cuda.set_device(device)
     joined = world_size > 1 and not dist.is_initialized()  # a group the caller made stays theirs
     if joined:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=timedelta(seconds=timeout_s))
     try:
         yield DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
         if joined:

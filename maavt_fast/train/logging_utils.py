@@ -31,6 +31,13 @@ class RunLogger:
         if self.enabled:
             self.path.write_text("")
 
+    def drop_after(self, step: int) -> None:
+        """Remove the records of steps after `step` (a resumed run logs them again, so each appears once)."""
+        if self.enabled and self.path.is_file():
+            lines = self.path.read_text().splitlines(keepends=True)
+            kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= step]
+            self.path.write_text("".join(kept))
+
     def log(self, event: str, step: int, **fields) -> None:
         if not self.enabled:
             return
@@ -52,7 +59,7 @@ def _jsonable(x):
     return x.item() if hasattr(x, "item") else str(x)
 
 
-def say(msg: str, enabled: bool = True) -> None:
+def print_status(msg: str, enabled: bool = True) -> None:
     """A line for the user on stdout (rank 0 only), flushed at once."""
     if enabled:
         print(msg, file=sys.stdout, flush=True)

@@ -25,7 +25,8 @@ from maavt_fast.train.checkpoint import LoopState, read_checkpoint, restore_trai
 from maavt_fast.train.distributed import DistInfo, all_reduce_sum, barrier
 from maavt_fast.train.early_stop import patience_spent, record_validation, stop_message
 from maavt_fast.train.evaluate import EvalResult, evaluate
-from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration, say
+from maavt_fast.train.interrupt import NoStop, RunInterrupted, StopSignals
+from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration, print_status
 from maavt_fast.train.metrics import summarize
 from maavt_fast.train.schedule import lr_at, set_lr, total_steps
 from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
@@ -73,7 +74,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class _Window:
+class StepResultWindow:
     """Step results since the last flush, kept on the device (no host sync per step)."""
 
     def __init__(self):
@@ -129,12 +130,14 @@ class Trainer:
         self.total_steps = total_steps(tc, self.steps_per_epoch)
         self.val_loader = make_loader("val", 0, 0)
         self.last_val: EvalResult | None = None
+        self.skipped = {"train": 0, "val": 0}  # samples skipped as bad (data.skip_bad) in this process
+        self._skipped_seen: dict[int, int] = {}
 
     def resume_from(self, path: str | Path) -> None:
         """Load weights, optimizer, RNG and loop position (call before `fit`)."""
         self.loop = restore_training(read_checkpoint(path), self.model, self.optimizer, path, self.cfg)
-        say(f"resumed from {path} at step {self.loop.step} (epoch {self.loop.epoch + 1}, "
-            f"batch {self.loop.batch_in_epoch})", self.dist.is_main)
+        print_status(f"resumed from {path} at step {self.loop.step} (epoch {self.loop.epoch + 1}, "
+                     f"batch {self.loop.batch_in_epoch})", self.dist.is_main)
 
     def _network(self) -> torch.nn.Module:
         if not self.dist.distributed:
@@ -142,7 +145,8 @@ class Trainer:
         ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
         return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
 
-    def fit(self) -> TrainResult:
+    def fit(self, stop: StopSignals | NoStop = NoStop()) -> TrainResult:
+        """Train to the end; on a signal `stop` reports, save `latest` after the step and raise RunInterrupted."""
         tc, dist, loop = self.cfg.train, self.dist, self.loop
         loss_fn = MAAVTLoss(self.cfg.model, torch.distributed.group.WORLD if dist.distributed else None)
         step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
@@ -150,15 +154,17 @@ class Trainer:
                             clip_grad_norm=tc.clip_grad_norm, loss_fn=loss_fn)
         if loop.step == 0:
             self.logger.reset()  # a fresh run in an existing folder starts a new log; a resumed one appends
+        else:
+            self.logger.drop_after(loop.step)  # records logged after the checkpoint are logged again
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
-        say(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | {self.precision.reason} | "
-            f"compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
-            f"global batch {tc.batch_size}", dist.is_main)
+        print_status(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | "
+                     f"{self.precision.reason} | compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} "
+                     f"steps/epoch, {self.total_steps} steps, global batch {tc.batch_size}", dist.is_main)
         self.logger.log("start", loop.step, precision=self.precision.name, compile=tc.compile,
                         world_size=dist.world_size, device=str(dist.device), trainable_params=n_train,
                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
         progress = Progress(self.total_steps, tc.batch_size, loop.step)
-        window, started, first_step = _Window(), time.perf_counter(), loop.step
+        window, started, first_step = StepResultWindow(), time.perf_counter(), loop.step
         lr = lr_at(loop.step, tc, self.steps_per_epoch)
         while loop.step < self.total_steps and loop.epoch < tc.epochs and not patience_spent(tc.patience, loop):
             train_batches = self.make_loader("train", loop.epoch, loop.batch_in_epoch)
@@ -174,10 +180,18 @@ class Trainer:
                     self._log_train(window.reduce(dist.world_size), progress, lr)
                 if loop.step % tc.ckpt_every == 0:
                     self._save(self.latest_path, progress)
+                signum = stop.requested(loop.step)
+                if signum:
+                    self._log_train(window.reduce(dist.world_size), progress, lr)
+                    if loop.step % tc.ckpt_every:  # not saved just above
+                        self._save(self.latest_path, progress)
+                    self.logger.close()
+                    raise RunInterrupted(signum, loop.step, self.latest_path)
                 if loop.step >= self.total_steps:
                     break
             else:  # the loader is exhausted: the epoch is complete (even if it skipped unreadable batches)
                 loop.batch_in_epoch = self.steps_per_epoch
+            self._count_skipped("train", train_batches)
             self._log_train(window.reduce(dist.world_size), progress, lr)
             if loop.batch_in_epoch >= self.steps_per_epoch:
                 loop.epoch, loop.batch_in_epoch = loop.epoch + 1, 0
@@ -189,9 +203,11 @@ class Trainer:
         steps_run = loop.step - first_step
         rate = steps_run * tc.batch_size / seconds if seconds > 0 else float("nan")
         mem = peak_memory_mb(dist.device)
-        say(f"done: {steps_run} steps in {format_duration(seconds)} ({rate:.1f} samples/s incl. validation), "
-            f"peak memory {mem:.0f} MB", dist.is_main)
-        self.logger.log("end", loop.step, seconds=seconds, samples_per_s=rate, peak_memory_mb=mem)
+        skipped = "".join(f", {n} bad {split} samples skipped" for split, n in self.skipped.items() if n)
+        print_status(f"done: {steps_run} steps in {format_duration(seconds)} ({rate:.1f} samples/s incl. validation), "
+                     f"peak memory {mem:.0f} MB{skipped}", dist.is_main)
+        self.logger.log("end", loop.step, seconds=seconds, samples_per_s=rate, peak_memory_mb=mem,
+                        skipped=self.skipped)
         if dist.is_main:
             plot_curves(loop.history, self.out_dir / "curves.png")
         self.logger.close()
@@ -207,32 +223,45 @@ class Trainer:
         loop.history.append(record)
         self.logger.log("train", loop.step, **{k: v for k, v in record.items() if k not in ("event", "step")})
         norm = f" | grad norm {stats['grad_norm']:.3g}" if "grad_norm" in stats else ""
-        say(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed) + norm,
-            self.dist.is_main)
+        print_status(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed) + norm,
+                     self.dist.is_main)
 
     def _validate(self, progress: Progress) -> None:
         if len(self.val_loader) == 0:
-            say("no validation data: `best` is not written; `latest` is the final model", self.dist.is_main)
+            print_status("no validation data: `best` is not written; `latest` is the final model", self.dist.is_main)
             return
         progress.pause()
         started = time.perf_counter()
         result = evaluate(self.model, self.val_loader, self.dist.device, self.precision,
                           self.cfg.model.num_classes, self.cfg.train.eval_batches)
         seconds = time.perf_counter() - started
+        self._count_skipped("val", self.val_loader)
         self.last_val, loop, m = result, self.loop, result.metrics
         loop.history.append({"event": "val", "step": loop.step, "epoch": loop.epoch, **m})
         self.logger.log("val", loop.step, epoch=loop.epoch, seconds=seconds, **m)
         improved = math.isfinite(m["total_acc"]) and m["total_acc"] > loop.best_acc
-        say(f"val @ step {loop.step}: loss {m['loss']:.4f} acc {m['total_acc']:.4f} (bg-aware {m['pred_acc']:.4f}) "
-            f"on {m['samples']} samples in {seconds:.1f} s" + (" -> new best" if improved else ""), self.dist.is_main)
+        print_status(f"val @ step {loop.step}: loss {m['loss']:.4f} acc {m['total_acc']:.4f} (bg-aware "
+                     f"{m['pred_acc']:.4f}) on {m['samples']} samples in {seconds:.1f} s"
+                     + (" -> new best" if improved else ""), self.dist.is_main)
         if improved:
             loop.best_acc = m["total_acc"]
             self._save(self.best_path, None)
         record_validation(loop, improved)
         if patience_spent(self.cfg.train.patience, loop):
-            say(stop_message(self.cfg.train.patience, loop), self.dist.is_main)
+            print_status(stop_message(self.cfg.train.patience, loop), self.dist.is_main)
             self.logger.log("early_stop", loop.step, validations_since_best=loop.validations_since_best)
         progress.resume()
+
+    def _count_skipped(self, split: str, loader) -> None:
+        """Add the samples `loader` skipped as bad since it was last counted (not the manifest rows its index
+        left out, warned about when indexed) to the totals and log them."""
+        dataset = getattr(loader, "dataset", None)
+        seen = self._skipped_seen.get(id(loader), getattr(dataset, "bad_rows", 0))
+        new = getattr(loader, "skipped", seen) - seen
+        self._skipped_seen[id(loader)] = seen + new
+        if new:
+            self.skipped[split] += new
+            self.logger.log("skipped", self.loop.step, split=split, samples=new, total=self.skipped[split])
 
     def _save(self, path: Path, progress: Progress | None) -> None:
         if progress is not None:
