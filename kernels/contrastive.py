@@ -8,8 +8,16 @@ Per block, with unit vectors â, v̂ and t the temperature:
     loss_i   = 0.5 (lse_j S1[i, :] + lse_j S2[i, :]) - S1[i, row_start + i]   over kept i and kept j.
 Programs tile rows and stream column tiles with an online log-sum-exp: no (B, B) matrix is stored.
 Logit tiles are dots of the raw features accumulated over chunks of PC features, then scaled by the
-inverse norms (summed from the same chunks) and 1/t. Every load is upcast to fp32 (the interpreter's
-bf16 arithmetic is also wrong).
+inverse norms (summed from the same chunks) and 1/t.
+
+Precision: dots take the inputs' own dtype (bf16/fp16 on the tensor cores) with fp32 accumulation;
+fp32 inputs use `input_precision` "ieee" or "tf32" (the `fp32_precision` argument). The backward's
+gradient dots cast the fp32 logit gradients to the input dtype, as flash-attention does. Norms,
+log-sum-exp, the loss and the gradients' accumulators are fp32.
+
+Tiles: `FORWARD_CONFIGS` / `BACKWARD_CONFIGS` per element size, chosen by `triton.autotune` keyed on
+(B, B_rows, P) on a GPU; `SMALL` under the interpreter and for problems under 64 rows; any config
+inside `_launch.pinned(contrastive_fwd=..., contrastive_bwd=...)`.
 """
 from __future__ import annotations
 
@@ -17,18 +25,40 @@ import torch
 import triton
 import triton.language as tl
 
-from maavt_fast.kernels._launch import block, dot_precisions, launch
+from maavt_fast.kernels._launch import TileConfig, autotuned, dot_precision, launch_tiled, mma, upcast_operands
 
 NEG_INIT = tl.constexpr(-1.0e30)  # finite start of the running max, so fully masked rows never compute inf - inf
-TILE = 16  # rows and columns per tile
-CHUNK = 64  # features per chunk (and per backward program): no register spills on sm_90 at 8 warps
+# Interpreter and tiny problems: 16 x 16 logit tiles (the smallest `tl.dot`), 64 features per chunk.
+SMALL = TileConfig(rows=16, cols=16, features=64, warps=4, stages=1)
+TINY_ROWS = 64  # problems with fewer rows and columns than this run SMALL
+# Per element size: fp32 tiles take twice the shared memory of bf16/fp16 ones, so their chunks are halved.
+# 64-row tiles and more use Hopper's warpgroup MMA (wgmma); none spills registers on sm_90 (_aot_check).
+FORWARD_CONFIGS = {
+    2: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 64, 4, 3), TileConfig(128, 64, 64, 8, 3),
+        TileConfig(128, 128, 64, 8, 2)),
+    4: (TileConfig(32, 32, 32, 4, 2), TileConfig(64, 64, 32, 4, 3), TileConfig(128, 64, 32, 8, 3),
+        TileConfig(128, 128, 32, 8, 2)),
+}
+BACKWARD_CONFIGS = {
+    2: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 64, 4, 2), TileConfig(64, 64, 128, 8, 2),
+        TileConfig(128, 64, 64, 8, 2)),
+    4: (TileConfig(32, 32, 32, 4, 2), TileConfig(64, 64, 32, 4, 2), TileConfig(64, 64, 64, 8, 2),
+        TileConfig(128, 64, 32, 8, 2)),
+}
 
 
 @triton.jit
 def _load_chunk(base, idx, ok, feat, P, s_b, s_p):
-    """fp32 (len(idx), len(feat)) tile base[idx, feat], zero outside rows `ok` and features < P."""
+    """(len(idx), len(feat)) tile base[idx, feat] in the input dtype, zero outside rows `ok` and features < P."""
     mask = ok[:, None] & (feat < P)[None, :]
-    return tl.load(base + idx[:, None] * s_b + feat[None, :] * s_p, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(base + idx[:, None] * s_b + feat[None, :] * s_p, mask=mask, other=0.0)
+
+
+@triton.jit
+def _sum_sq(x):
+    """fp32 row sums of squares of a loaded tile."""
+    x = x.to(tl.float32)
+    return tl.sum(x * x, axis=1)
 
 
 @triton.jit
@@ -40,7 +70,8 @@ def _inv_norm(sum_sq, NORMALIZE: tl.constexpr):
 
 @triton.jit
 def _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, inv_t,
-            BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, NORMALIZE: tl.constexpr, RAW: tl.constexpr):
+            BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
+            UPCAST: tl.constexpr):
     """S1, S2 (BR, BC) tiles and the inverse norms of the row and column features of a and v."""
     d1 = tl.zeros([BR, BC], tl.float32)
     d2 = tl.zeros([BR, BC], tl.float32)
@@ -54,12 +85,12 @@ def _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s
         v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
         a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
         v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
-        d1 += tl.dot(v_r, tl.trans(a_c), input_precision=RAW)
-        d2 += tl.dot(a_r, tl.trans(v_c), input_precision=RAW)
-        sq_ar += tl.sum(a_r * a_r, axis=1)
-        sq_vr += tl.sum(v_r * v_r, axis=1)
-        sq_ac += tl.sum(a_c * a_c, axis=1)
-        sq_vc += tl.sum(v_c * v_c, axis=1)
+        d1 = mma(v_r, tl.trans(a_c), d1, PRECISION, UPCAST)
+        d2 = mma(a_r, tl.trans(v_c), d2, PRECISION, UPCAST)
+        sq_ar += _sum_sq(a_r)
+        sq_vr += _sum_sq(v_r)
+        sq_ac += _sum_sq(a_c)
+        sq_vc += _sum_sq(v_c)
     inv_ar, inv_vr = _inv_norm(sq_ar, NORMALIZE), _inv_norm(sq_vr, NORMALIZE)
     inv_ac, inv_vc = _inv_norm(sq_ac, NORMALIZE), _inv_norm(sq_vc, NORMALIZE)
     s1 = d1 * (inv_vr * inv_t)[:, None] * inv_ac[None, :]
@@ -76,12 +107,12 @@ def _online_lse(m, l, s):
 
 
 @triton.jit
-def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, part_ptr,
-                           B, B_rows, P, row_start, n_row_tiles,
+def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, loss_ptr,
+                           B, B_rows, P, row_start,
                            s_al, s_ab, s_ap, s_vl, s_vb, s_vp, s_t,
-                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr,
-                           NORMALIZE: tl.constexpr, RAW: tl.constexpr):
-    """Grid (row tiles, L). Writes lse1/lse2 (L, B_rows) (0 for background rows) and per-tile loss sums."""
+                           NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr):
+    """Grid (row tiles, L). Writes lse1, lse2 and the row losses (L, B_rows), 0 for background rows."""
     tile = tl.program_id(0)
     blk = tl.program_id(1).to(tl.int64)
     a_base = a_ptr + blk * s_al
@@ -100,7 +131,7 @@ def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
         cols = c0 + tl.arange(0, BC)
         keep_c = tl.load(keep_ptr + cols, mask=cols < B, other=0) != 0
         s1, s2, _, _, _, _ = _logits(a_base, v_base, rows, rows_ok, cols, cols < B, P, s_ab, s_ap, s_vb, s_vp,
-                                     inv_t, BR, BC, PC, NORMALIZE, RAW)
+                                     inv_t, BR, BC, PC, NORMALIZE, PRECISION, UPCAST)
         pos += tl.sum(tl.where(rows[:, None] == cols[None, :], s1, 0.0), axis=1)
         m1, l1 = _online_lse(m1, l1, tl.where(keep_c[None, :], s1, float("-inf")))
         m2, l2 = _online_lse(m2, l2, tl.where(keep_c[None, :], s2, float("-inf")))
@@ -109,7 +140,7 @@ def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
     tl.store(lse1_ptr + blk * B_rows + local, lse1, mask=rows_ok)
     tl.store(lse2_ptr + blk * B_rows + local, lse2, mask=rows_ok)
     loss = tl.where(keep_r, 0.5 * (lse1 + lse2) - pos, 0.0)
-    tl.store(part_ptr + blk * n_row_tiles + tile, tl.sum(loss, axis=0))
+    tl.store(loss_ptr + blk * B_rows + local, loss, mask=rows_ok)
 
 
 @triton.jit
@@ -131,7 +162,7 @@ def _add_grad(d_ptr, base, idx, ok, feat, P, s_b, s_p, inv, acc, coef, inv_t, NO
     """
     g = acc * inv_t
     if NORMALIZE:
-        unit = _load_chunk(base, idx, ok, feat, P, s_b, s_p) * inv[:, None]
+        unit = _load_chunk(base, idx, ok, feat, P, s_b, s_p).to(tl.float32) * inv[:, None]
         g = (g - unit * coef[:, None]) * inv[:, None]
     tl.atomic_add(d_ptr + idx[:, None] * P + feat[None, :], g, mask=ok[:, None] & (feat < P)[None, :])
 
@@ -150,10 +181,10 @@ def _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, local, row_start, B_rows, half_
 @triton.jit
 def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, gscale_ptr,
                            da_ptr, dv_ptr, dtemp_ptr,
-                           B, B_rows, P, row_start, n_row_tiles,
+                           B, B_rows, P, row_start,
                            s_al, s_ab, s_ap, s_vl, s_vb, s_vp, s_t,
-                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr,
-                           NORMALIZE: tl.constexpr, RAW: tl.constexpr, MIX: tl.constexpr):
+                           NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr):
     """Grid (row tiles + column tiles, feature chunks, L).
 
     Row programs own the gradient of each loss row's own features (v_i through S1, a_i through S2)
@@ -162,7 +193,7 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
     chunk of PC features of the gradient. Both add into the zeroed fp32 da/dv (L, B, P) with atomics:
     every element gets one row and at most one column contribution, and a two-term sum onto 0 is
     order independent, so the result is deterministic. `gscale` (L,) is the upstream gradient of
-    each block / the kept count.
+    each block / the kept count; dtemp (L, B_rows) gets each row's share of the temperature gradient.
     """
     tile = tl.program_id(0)
     feat = tl.program_id(1) * PC + tl.arange(0, PC)
@@ -173,6 +204,7 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
     dv_ptr += blk * B * P
     inv_t = 1.0 / tl.load(temp_ptr + blk * s_t).to(tl.float32)
     half_g = 0.5 * tl.load(gscale_ptr + blk)
+    n_row_tiles = tl.cdiv(B_rows, BR)
     if tile < n_row_tiles:
         local = tile * BR + tl.arange(0, BR)
         rows, rows_ok, keep_r, lse1, lse2, w = _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, local, row_start, B_rows,
@@ -189,17 +221,17 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
             keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
             s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
                                                              s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
-                                                             RAW)
+                                                             PRECISION, UPCAST)
             g1, g2 = _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c)
             coef_v += tl.sum(g1 * s1, axis=1)
             coef_a += tl.sum(g2 * s2, axis=1)
             a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
             v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
-            acc_v += tl.dot(g1 * inv_ac[None, :], a_c, input_precision=MIX)
-            acc_a += tl.dot(g2 * inv_vc[None, :], v_c, input_precision=MIX)
+            acc_v = mma(g1 * inv_ac[None, :], a_c, acc_v, PRECISION, UPCAST)  # g1 cast to a_c's dtype
+            acc_a = mma(g2 * inv_vc[None, :], v_c, acc_a, PRECISION, UPCAST)
         if tl.program_id(1) == 0:
             # dS/dt = -S/t  ->  dloss/dt = -(1/t) sum(g * S)
-            tl.store(dtemp_ptr + blk * n_row_tiles + tile, -tl.sum(coef_v + coef_a, axis=0) * inv_t)
+            tl.store(dtemp_ptr + blk * B_rows + local, -(coef_v + coef_a) * inv_t, mask=rows_ok)
         _add_grad(dv_ptr, v_base, rows, rows_ok, feat, P, s_vb, s_vp, inv_vr, acc_v, coef_v, inv_t, NORMALIZE)
         _add_grad(da_ptr, a_base, rows, rows_ok, feat, P, s_ab, s_ap, inv_ar, acc_a, coef_a, inv_t, NORMALIZE)
     else:
@@ -217,64 +249,67 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
                                                              row_start, B_rows, half_g)
             s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
                                                              s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
-                                                             RAW)
+                                                             PRECISION, UPCAST)
             g1, g2 = _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c)
             coef_a += tl.sum(g1 * s1, axis=0)
             coef_v += tl.sum(g2 * s2, axis=0)
             v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
             a_r = _load_chunk(a_base, rows, rows_ok, feat, P, s_ab, s_ap)
-            acc_a += tl.dot(tl.trans(g1 * inv_vr[:, None]), v_r, input_precision=MIX)
-            acc_v += tl.dot(tl.trans(g2 * inv_ar[:, None]), a_r, input_precision=MIX)
+            acc_a = mma(tl.trans(g1 * inv_vr[:, None]), v_r, acc_a, PRECISION, UPCAST)
+            acc_v = mma(tl.trans(g2 * inv_ar[:, None]), a_r, acc_v, PRECISION, UPCAST)
         _add_grad(da_ptr, a_base, cols, cols_ok, feat, P, s_ab, s_ap, inv_ac, acc_a, coef_a, inv_t, NORMALIZE)
         _add_grad(dv_ptr, v_base, cols, cols_ok, feat, P, s_vb, s_vp, inv_vc, acc_v, coef_v, inv_t, NORMALIZE)
 
 
-def _tiles(B: int, B_rows: int, P: int) -> tuple[int, int, int]:
-    """(row tile, column tile, feature chunk)."""
-    return block(B_rows, maximum=TILE), block(B, maximum=TILE), block(P, maximum=CHUNK)
+_FORWARD_TUNED = autotuned(contrastive_fwd_kernel, FORWARD_CONFIGS, ["B", "B_rows", "P", "PRECISION"], "a_ptr")
+_BACKWARD_TUNED = autotuned(contrastive_bwd_kernel, BACKWARD_CONFIGS, ["B", "B_rows", "P", "PRECISION"], "a_ptr",
+                            reset_to_zero=["da_ptr", "dv_ptr"])
 
 
 def _strides(audio: torch.Tensor, visual: torch.Tensor, temperature: torch.Tensor) -> tuple[int, ...]:
     return (*audio.stride(), *visual.stride(), 0 if temperature.numel() == 1 else temperature.stride(0))
 
 
+def _precision(audio: torch.Tensor, normalize: bool, fp32_precision: str) -> dict:
+    """The kernels' dtype constexprs."""
+    return dict(NORMALIZE=normalize, PRECISION=dot_precision(audio.dtype, fp32_precision),
+                UPCAST=upcast_operands(audio.dtype))
+
+
 def contrastive_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
-                        row_start: int, row_count: int, normalize: bool
+                        row_start: int, row_count: int, normalize: bool, fp32_precision: str = "ieee"
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One launch for all blocks. audio, visual (L, B, P); keep (B,) uint8; temperature () or (L,) fp32.
 
     Returns (per-block sums of the row losses (L,), lse1 (L, row_count), lse2 (L, row_count)), fp32.
     """
     L, B, P = audio.shape
-    BR, BC, PC = _tiles(B, row_count, P)
-    n_row_tiles = triton.cdiv(row_count, BR)
     lse1 = torch.empty(L, row_count, device=audio.device, dtype=torch.float32)
     lse2 = torch.empty_like(lse1)
-    partial = torch.empty(L, n_row_tiles, device=audio.device, dtype=torch.float32)
-    raw, _ = dot_precisions(audio.dtype)
-    launch("contrastive_fwd", contrastive_fwd_kernel, (n_row_tiles, L),
-           audio, visual, keep, temperature, lse1, lse2, partial, B, row_count, P, row_start, n_row_tiles,
-           *_strides(audio, visual, temperature), BR=BR, BC=BC, PC=PC, NORMALIZE=normalize, RAW=raw, num_warps=8)
-    return partial.sum(1), lse1, lse2
+    losses = torch.empty_like(lse1)
+    launch_tiled("contrastive_fwd", contrastive_fwd_kernel, _FORWARD_TUNED, SMALL, max(B, row_count) < TINY_ROWS,
+                 lambda meta: (triton.cdiv(row_count, meta["BR"]), L),
+                 audio, visual, keep, temperature, lse1, lse2, losses, B, row_count, P, row_start,
+                 *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision))
+    return losses.sum(1), lse1, lse2
 
 
 def contrastive_backward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
                          lse1: torch.Tensor, lse2: torch.Tensor, gscale: torch.Tensor, row_start: int,
-                         normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         normalize: bool, fp32_precision: str = "ieee"
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One launch for all blocks; gscale (L,) fp32 = upstream gradient per block / kept count.
 
     Returns (d audio, d visual) in the input dtype and the per-block temperature gradient (L,) fp32.
     """
     L, B, P = audio.shape
     row_count = lse1.shape[1]
-    BR, BC, PC = _tiles(B, row_count, P)
-    n_row_tiles = triton.cdiv(row_count, BR)
     da = torch.zeros(L, B, P, device=audio.device, dtype=torch.float32)
     dv = torch.zeros_like(da)
-    dtemp = torch.empty(L, n_row_tiles, device=audio.device, dtype=torch.float32)
-    raw, mix = dot_precisions(audio.dtype)
-    launch("contrastive_bwd", contrastive_bwd_kernel, (n_row_tiles + triton.cdiv(B, BC), triton.cdiv(P, PC), L),
-           audio, visual, keep, temperature, lse1, lse2, gscale, da, dv, dtemp, B, row_count, P, row_start,
-           n_row_tiles, *_strides(audio, visual, temperature), BR=BR, BC=BC, PC=PC, NORMALIZE=normalize,
-           RAW=raw, MIX=mix, num_warps=8)
+    dtemp = torch.empty(L, row_count, device=audio.device, dtype=torch.float32)
+    launch_tiled("contrastive_bwd", contrastive_bwd_kernel, _BACKWARD_TUNED, SMALL, max(B, row_count) < TINY_ROWS,
+                 lambda meta: (triton.cdiv(row_count, meta["BR"]) + triton.cdiv(B, meta["BC"]),
+                               triton.cdiv(P, meta["PC"]), L),
+                 audio, visual, keep, temperature, lse1, lse2, gscale, da, dv, dtemp, B, row_count, P, row_start,
+                 *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision))
     return da.to(audio.dtype), dv.to(visual.dtype), dtemp.sum(1)

@@ -4,6 +4,8 @@ Shapes: audio, visual `(L, B, P)` (L blocks, B rows, P features); keep `(B,)` bo
 row, excluded from both sides). Value per block: symmetric InfoNCE of `visual @ audio.T / temperature`
 over the kept rows; `reduction="mean"` averages the L block losses, `"none"` returns them `(L,)`.
 The temperature is a float or a tensor of shape `()` or `(L,)` (then it can be learnable).
+`fp32_precision` ("ieee" | "tf32") sets the Triton kernels' dots for fp32 inputs; bf16/fp16 inputs always
+use their own dtype on the tensor cores with fp32 accumulation (norms, log-sum-exp and loss in fp32).
 
 Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.contrastive`)
 behind the `torch.library` custom ops `maavt::blockwise_contrastive_fwd/_bwd`.
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from maavt_fast.ops import distributed
-from maavt_fast.ops._dispatch import load_kernels, use_triton
+from maavt_fast.ops._dispatch import check_fp32_precision, load_kernels, use_triton
 
 _KERNELS = load_kernels("contrastive")
 
@@ -89,16 +91,16 @@ def _temperature_tensor(temperature: float | torch.Tensor, blocks: int, device: 
 
 @torch.library.custom_op("maavt::blockwise_contrastive_fwd", mutates_args=())
 def _fused_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
-                   row_start: int, row_count: int, normalize: bool
+                   row_start: int, row_count: int, normalize: bool, fp32_precision: str
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton forward -> (per-block losses (L,), lse v->a (L, row_count), lse a->v (L, row_count)), fp32."""
     sums, lse1, lse2 = _KERNELS.contrastive_forward(audio, visual, keep.view(torch.uint8), temperature,
-                                                    row_start, row_count, normalize)
+                                                    row_start, row_count, normalize, fp32_precision)
     return sums / keep.sum().clamp(min=1), lse1, lse2
 
 
 @_fused_forward.register_fake
-def _(audio, visual, keep, temperature, row_start, row_count, normalize):
+def _(audio, visual, keep, temperature, row_start, row_count, normalize, fp32_precision):
     lse = audio.new_empty(audio.shape[0], row_count, dtype=torch.float32)
     return audio.new_empty(audio.shape[0], dtype=torch.float32), lse, torch.empty_like(lse)
 
@@ -106,28 +108,28 @@ def _(audio, visual, keep, temperature, row_start, row_count, normalize):
 @torch.library.custom_op("maavt::blockwise_contrastive_bwd", mutates_args=())
 def _fused_backward(grad: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor,
                     temperature: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor, row_start: int,
-                    normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    normalize: bool, fp32_precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward: grad (L,) of the per-block losses -> (d audio, d visual, d temperature)."""
     gscale = (grad.float() / keep.sum().clamp(min=1)).contiguous()
     da, dv, dtemp = _KERNELS.contrastive_backward(audio, visual, keep.view(torch.uint8), temperature, lse1, lse2,
-                                                  gscale, row_start, normalize)
+                                                  gscale, row_start, normalize, fp32_precision)
     return da, dv, dtemp.sum().reshape(()) if temperature.dim() == 0 else dtemp
 
 
 @_fused_backward.register_fake
-def _(grad, audio, visual, keep, temperature, lse1, lse2, row_start, normalize):
+def _(grad, audio, visual, keep, temperature, lse1, lse2, row_start, normalize, fp32_precision):
     return audio.new_empty(audio.shape), visual.new_empty(visual.shape), temperature.new_empty(temperature.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    audio, visual, keep, temperature, row_start, _, normalize = inputs
+    audio, visual, keep, temperature, row_start, _, normalize, fp32_precision = inputs
     ctx.save_for_backward(audio, visual, keep, temperature, output[1], output[2])
-    ctx.row_start, ctx.normalize = row_start, normalize
+    ctx.row_start, ctx.normalize, ctx.fp32_precision = row_start, normalize, fp32_precision
 
 
 def _backward(ctx, grad, _grad_lse1, _grad_lse2):
-    da, dv, dtemp = _fused_backward(grad, *ctx.saved_tensors, ctx.row_start, ctx.normalize)
-    return da, dv, None, dtemp, None, None, None
+    da, dv, dtemp = _fused_backward(grad, *ctx.saved_tensors, ctx.row_start, ctx.normalize, ctx.fp32_precision)
+    return da, dv, None, dtemp, None, None, None, None
 
 
 _fused_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -135,13 +137,15 @@ _fused_forward.register_autograd(_backward, setup_context=_setup_context)
 
 def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None,
                                temperature: float | torch.Tensor = 0.07, normalize: bool = True,
-                               reduction: str = "mean", impl: str = "auto", gather: bool = False) -> torch.Tensor:
+                               reduction: str = "mean", impl: str = "auto", gather: bool = False,
+                               fp32_precision: str = "ieee") -> torch.Tensor:
     """Functional API; `impl` is "auto" (Triton on CUDA, reference on CPU), "torch" or "triton".
 
     gather=True (with a process group of W > 1 ranks) scores the local rows against the features of
     all ranks (see `maavt_fast.ops.distributed`); with one rank or no process group it changes nothing.
     """
     _check_inputs(audio, visual, keep, temperature, reduction)
+    check_fp32_precision(fp32_precision)
     L, B, _ = audio.shape
     keep = torch.ones(B, dtype=torch.bool, device=audio.device) if keep is None else keep.contiguous()
     gathered = gather and distributed.gather_active()
@@ -150,7 +154,7 @@ def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: 
         audio, visual, keep, row_start = distributed.gather_features(audio, visual, keep)
     if use_triton(impl, "blockwise_contrastive_loss", _KERNELS, audio, visual):
         temp = _temperature_tensor(temperature, L, audio.device)
-        per_block = _fused_forward(audio, visual, keep, temp, row_start, B, normalize)[0]
+        per_block = _fused_forward(audio, visual, keep, temp, row_start, B, normalize, fp32_precision)[0]
     else:
         per_block = blockwise_contrastive_loss_reference(audio, visual, keep, temperature, normalize, "none",
                                                          row_start, B)
@@ -163,11 +167,11 @@ class BlockwiseContrastiveLoss(torch.nn.Module):
     """Module wrapper of `blockwise_contrastive_loss` with a fixed temperature: (L, B, P) x2, keep (B,) -> loss."""
 
     def __init__(self, temperature: float = 0.07, normalize: bool = True, reduction: str = "mean",
-                 impl: str = "auto", gather: bool = False):
+                 impl: str = "auto", gather: bool = False, fp32_precision: str = "ieee"):
         super().__init__()
         self.temperature, self.normalize, self.reduction = temperature, normalize, reduction
-        self.impl, self.gather = impl, gather
+        self.impl, self.gather, self.fp32_precision = impl, gather, fp32_precision
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         return blockwise_contrastive_loss(audio, visual, keep, self.temperature, self.normalize, self.reduction,
-                                          self.impl, self.gather)
+                                          self.impl, self.gather, self.fp32_precision)
