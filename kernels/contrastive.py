@@ -55,47 +55,28 @@ def _load_chunk(base, idx, ok, feat, P, s_b, s_p):
 
 
 @triton.jit
-def _sum_sq(x):
-    """fp32 row sums of squares of a loaded tile."""
-    x = x.to(tl.float32)
-    return tl.sum(x * x, axis=1)
-
-
-@triton.jit
-def _inv_norm(sum_sq, NORMALIZE: tl.constexpr):
+def _inv_norms(base, idx, ok, P, s_b, s_p, N: tl.constexpr, PC: tl.constexpr, NORMALIZE: tl.constexpr):
+    """fp32 1 / max(|x|, 1e-12) of the N rows `idx` of base (1 without normalisation); its own loop over P,
+    so the dot loops keep only their operands live."""
     if NORMALIZE:
+        sum_sq = tl.zeros([N], tl.float32)
+        for p0 in range(0, P, PC):
+            x = _load_chunk(base, idx, ok, p0 + tl.arange(0, PC), P, s_b, s_p).to(tl.float32)
+            sum_sq += tl.sum(x * x, axis=1)
         return 1.0 / tl.maximum(tl.sqrt(sum_sq), 1e-12)
-    return sum_sq * 0.0 + 1.0
+    return tl.full([N], 1.0, tl.float32)
 
 
 @triton.jit
-def _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, inv_t,
-            BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, NORMALIZE: tl.constexpr, PRECISION: tl.constexpr,
-            UPCAST: tl.constexpr):
-    """S1, S2 (BR, BC) tiles and the inverse norms of the row and column features of a and v."""
-    d1 = tl.zeros([BR, BC], tl.float32)
-    d2 = tl.zeros([BR, BC], tl.float32)
-    sq_ar = tl.zeros([BR], tl.float32)
-    sq_vr = tl.zeros([BR], tl.float32)
-    sq_ac = tl.zeros([BC], tl.float32)
-    sq_vc = tl.zeros([BC], tl.float32)
+def _logit_tile(x_base, y_base, rows, rows_ok, cols, cols_ok, P, s_xb, s_xp, s_yb, s_yp, scale_r, inv_c,
+                BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """(BR, BC) logits x[rows] · y[cols] * scale_r[:, None] * inv_c[None, :], the dot over chunks of PC features."""
+    acc = tl.zeros([BR, BC], tl.float32)
     for p0 in range(0, P, PC):
         feat = p0 + tl.arange(0, PC)
-        a_r = _load_chunk(a_base, rows, rows_ok, feat, P, s_ab, s_ap)
-        v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
-        a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
-        v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
-        d1 = mma(v_r, tl.trans(a_c), d1, PRECISION, UPCAST)
-        d2 = mma(a_r, tl.trans(v_c), d2, PRECISION, UPCAST)
-        sq_ar += _sum_sq(a_r)
-        sq_vr += _sum_sq(v_r)
-        sq_ac += _sum_sq(a_c)
-        sq_vc += _sum_sq(v_c)
-    inv_ar, inv_vr = _inv_norm(sq_ar, NORMALIZE), _inv_norm(sq_vr, NORMALIZE)
-    inv_ac, inv_vc = _inv_norm(sq_ac, NORMALIZE), _inv_norm(sq_vc, NORMALIZE)
-    s1 = d1 * (inv_vr * inv_t)[:, None] * inv_ac[None, :]
-    s2 = d2 * (inv_ar * inv_t)[:, None] * inv_vc[None, :]
-    return s1, s2, inv_ar, inv_vr, inv_ac, inv_vc
+        acc = mma(_load_chunk(x_base, rows, rows_ok, feat, P, s_xb, s_xp),
+                  tl.trans(_load_chunk(y_base, cols, cols_ok, feat, P, s_yb, s_yp)), acc, PRECISION, UPCAST)
+    return acc * scale_r[:, None] * inv_c[None, :]
 
 
 @triton.jit
@@ -127,13 +108,20 @@ def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
     l1 = tl.zeros([BR], tl.float32)
     l2 = tl.zeros([BR], tl.float32)
     pos = tl.zeros([BR], tl.float32)
+    scale_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, PC, NORMALIZE) * inv_t
+    scale_ar = _inv_norms(a_base, rows, rows_ok, P, s_ab, s_ap, BR, PC, NORMALIZE) * inv_t
     for c0 in range(0, B, BC):
         cols = c0 + tl.arange(0, BC)
-        keep_c = tl.load(keep_ptr + cols, mask=cols < B, other=0) != 0
-        s1, s2, _, _, _, _ = _logits(a_base, v_base, rows, rows_ok, cols, cols < B, P, s_ab, s_ap, s_vb, s_vp,
-                                     inv_t, BR, BC, PC, NORMALIZE, PRECISION, UPCAST)
+        cols_ok = cols < B
+        keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
+        inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, PC, NORMALIZE)
+        s1 = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, scale_vr, inv_ac,
+                         BR, BC, PC, PRECISION, UPCAST)
         pos += tl.sum(tl.where(rows[:, None] == cols[None, :], s1, 0.0), axis=1)
         m1, l1 = _online_lse(m1, l1, tl.where(keep_c[None, :], s1, float("-inf")))
+        inv_vc = _inv_norms(v_base, cols, cols_ok, P, s_vb, s_vp, BC, PC, NORMALIZE)
+        s2 = _logit_tile(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, scale_ar, inv_vc,
+                         BR, BC, PC, PRECISION, UPCAST)
         m2, l2 = _online_lse(m2, l2, tl.where(keep_c[None, :], s2, float("-inf")))
     lse1 = tl.where(keep_r, m1 + tl.log(tl.where(keep_r, l1, 1.0)), 0.0)  # background rows: 0, never log(0)
     lse2 = tl.where(keep_r, m2 + tl.log(tl.where(keep_r, l2, 1.0)), 0.0)
@@ -144,13 +132,10 @@ def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
 
 
 @triton.jit
-def _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c):
-    """dloss/dS1 and dloss/dS2 of a tile: w_i (softmax - [j == i]), zero outside kept pairs."""
-    pair = keep_r[:, None] & keep_c[None, :]
+def _logit_grad(s, lse, w, rows, cols, keep_r, keep_c):
+    """dloss/dS of one logit tile: w_i (softmax - [j == i]), zero outside kept pairs."""
     eye = tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
-    g1 = tl.where(pair, w[:, None] * (tl.exp(s1 - lse1[:, None]) - eye), 0.0)
-    g2 = tl.where(pair, w[:, None] * (tl.exp(s2 - lse2[:, None]) - eye), 0.0)
-    return g1, g2
+    return tl.where(keep_r[:, None] & keep_c[None, :], w[:, None] * (tl.exp(s - lse[:, None]) - eye), 0.0)
 
 
 @triton.jit
@@ -213,52 +198,64 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
         acc_a = tl.zeros([BR, PC], tl.float32)
         coef_v = tl.zeros([BR], tl.float32)
         coef_a = tl.zeros([BR], tl.float32)
-        inv_ar = tl.zeros([BR], tl.float32)
-        inv_vr = tl.zeros([BR], tl.float32)
+        inv_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, PC, NORMALIZE)
+        inv_ar = _inv_norms(a_base, rows, rows_ok, P, s_ab, s_ap, BR, PC, NORMALIZE)
         for c0 in range(0, B, BC):
             cols = c0 + tl.arange(0, BC)
             cols_ok = cols < B
             keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
-            s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
-                                                             s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
-                                                             PRECISION, UPCAST)
-            g1, g2 = _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c)
+            # S1 = v̂_rows · â_cols / t: gradient into v_rows through the columns' a
+            inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, PC, NORMALIZE)
+            s1 = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, inv_vr * inv_t,
+                             inv_ac, BR, BC, PC, PRECISION, UPCAST)
+            g1 = _logit_grad(s1, lse1, w, rows, cols, keep_r, keep_c)
             coef_v += tl.sum(g1 * s1, axis=1)
-            coef_a += tl.sum(g2 * s2, axis=1)
             a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
-            v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
             acc_v = mma(g1 * inv_ac[None, :], a_c, acc_v, PRECISION, UPCAST)  # g1 cast to a_c's dtype
+            # S2 = â_rows · v̂_cols / t: gradient into a_rows through the columns' v
+            inv_vc = _inv_norms(v_base, cols, cols_ok, P, s_vb, s_vp, BC, PC, NORMALIZE)
+            s2 = _logit_tile(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, inv_ar * inv_t,
+                             inv_vc, BR, BC, PC, PRECISION, UPCAST)
+            g2 = _logit_grad(s2, lse2, w, rows, cols, keep_r, keep_c)
+            coef_a += tl.sum(g2 * s2, axis=1)
+            v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
             acc_a = mma(g2 * inv_vc[None, :], v_c, acc_a, PRECISION, UPCAST)
         if tl.program_id(1) == 0:
             # dS/dt = -S/t  ->  dloss/dt = -(1/t) sum(g * S)
             tl.store(dtemp_ptr + blk * B_rows + local, -(coef_v + coef_a) * inv_t, mask=rows_ok)
         _add_grad(dv_ptr, v_base, rows, rows_ok, feat, P, s_vb, s_vp, inv_vr, acc_v, coef_v, inv_t, NORMALIZE)
         _add_grad(da_ptr, a_base, rows, rows_ok, feat, P, s_ab, s_ap, inv_ar, acc_a, coef_a, inv_t, NORMALIZE)
-    else:
+    else:  # own names: with BR != BC the accumulators differ in shape from the row branch's
         cols = (tile - n_row_tiles) * BC + tl.arange(0, BC)
         cols_ok = cols < B
         keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
-        acc_a = tl.zeros([BC, PC], tl.float32)
-        acc_v = tl.zeros([BC, PC], tl.float32)
-        coef_a = tl.zeros([BC], tl.float32)
-        coef_v = tl.zeros([BC], tl.float32)
-        inv_ac = tl.zeros([BC], tl.float32)
-        inv_vc = tl.zeros([BC], tl.float32)
+        acc_ca = tl.zeros([BC, PC], tl.float32)
+        acc_cv = tl.zeros([BC, PC], tl.float32)
+        coef_ca = tl.zeros([BC], tl.float32)
+        coef_cv = tl.zeros([BC], tl.float32)
+        inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, PC, NORMALIZE)
+        inv_vc = _inv_norms(v_base, cols, cols_ok, P, s_vb, s_vp, BC, PC, NORMALIZE)
         for r0 in range(0, B_rows, BR):
             rows, rows_ok, keep_r, lse1, lse2, w = _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, r0 + tl.arange(0, BR),
                                                              row_start, B_rows, half_g)
-            s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
-                                                             s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
-                                                             PRECISION, UPCAST)
-            g1, g2 = _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c)
-            coef_a += tl.sum(g1 * s1, axis=0)
-            coef_v += tl.sum(g2 * s2, axis=0)
+            # S1 = v̂_rows · â_cols / t: gradient into a_cols through the rows' v
+            inv_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, PC, NORMALIZE)
+            s1 = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, inv_vr * inv_t,
+                             inv_ac, BR, BC, PC, PRECISION, UPCAST)
+            g1 = _logit_grad(s1, lse1, w, rows, cols, keep_r, keep_c)
+            coef_ca += tl.sum(g1 * s1, axis=0)
             v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
+            acc_ca = mma(tl.trans(g1 * inv_vr[:, None]), v_r, acc_ca, PRECISION, UPCAST)
+            # S2 = â_rows · v̂_cols / t: gradient into v_cols through the rows' a
+            inv_ar = _inv_norms(a_base, rows, rows_ok, P, s_ab, s_ap, BR, PC, NORMALIZE)
+            s2 = _logit_tile(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, inv_ar * inv_t,
+                             inv_vc, BR, BC, PC, PRECISION, UPCAST)
+            g2 = _logit_grad(s2, lse2, w, rows, cols, keep_r, keep_c)
+            coef_cv += tl.sum(g2 * s2, axis=0)
             a_r = _load_chunk(a_base, rows, rows_ok, feat, P, s_ab, s_ap)
-            acc_a = mma(tl.trans(g1 * inv_vr[:, None]), v_r, acc_a, PRECISION, UPCAST)
-            acc_v = mma(tl.trans(g2 * inv_ar[:, None]), a_r, acc_v, PRECISION, UPCAST)
-        _add_grad(da_ptr, a_base, cols, cols_ok, feat, P, s_ab, s_ap, inv_ac, acc_a, coef_a, inv_t, NORMALIZE)
-        _add_grad(dv_ptr, v_base, cols, cols_ok, feat, P, s_vb, s_vp, inv_vc, acc_v, coef_v, inv_t, NORMALIZE)
+            acc_cv = mma(tl.trans(g2 * inv_ar[:, None]), a_r, acc_cv, PRECISION, UPCAST)
+        _add_grad(da_ptr, a_base, cols, cols_ok, feat, P, s_ab, s_ap, inv_ac, acc_ca, coef_ca, inv_t, NORMALIZE)
+        _add_grad(dv_ptr, v_base, cols, cols_ok, feat, P, s_vb, s_vp, inv_vc, acc_cv, coef_cv, inv_t, NORMALIZE)
 
 
 _FORWARD_TUNED = autotuned(contrastive_fwd_kernel, FORWARD_CONFIGS, ["B", "B_rows", "P", "PRECISION"], "a_ptr")
