@@ -31,6 +31,7 @@ NEG_INIT = tl.constexpr(-1.0e30)  # finite start of the running max, so fully ma
 # Interpreter and tiny problems: 16 x 16 logit tiles (the smallest `tl.dot`), 64 features per chunk.
 SMALL = TileConfig(rows=16, cols=16, features=64, warps=4, stages=1)
 TINY_ROWS = 64  # problems with fewer rows and columns than this run SMALL
+LOGIT_CHUNK = 64  # features per step of the backward's logit dots (its configs' `features` is the gradient chunk)
 # Per element size: fp32 tiles take twice the shared memory of bf16/fp16 ones, so their chunks are halved.
 # 64-row tiles and more use Hopper's warpgroup MMA (wgmma); none spills registers on sm_90 (_aot_check).
 FORWARD_CONFIGS = {
@@ -39,11 +40,10 @@ FORWARD_CONFIGS = {
     4: (TileConfig(32, 32, 32, 4, 2), TileConfig(64, 64, 32, 4, 3), TileConfig(128, 64, 32, 8, 3),
         TileConfig(128, 128, 32, 8, 2)),
 }
-BACKWARD_CONFIGS = {
-    2: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 64, 4, 2), TileConfig(64, 64, 128, 8, 2),
-        TileConfig(128, 64, 64, 8, 2)),
-    4: (TileConfig(32, 32, 32, 4, 2), TileConfig(64, 64, 32, 4, 2), TileConfig(64, 64, 64, 8, 2),
-        TileConfig(128, 64, 32, 8, 2)),
+BACKWARD_CONFIGS = {  # `features`: the gradient chunk per program (the logits are recomputed P / features times)
+    2: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 128, 8, 2), TileConfig(64, 64, 256, 8, 2),
+        TileConfig(128, 64, 128, 8, 2)),
+    4: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 64, 8, 2), TileConfig(64, 64, 128, 8, 2)),
 }
 
 
@@ -132,15 +132,30 @@ def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
 
 
 @triton.jit
-def _logit_grad(s, lse, w, rows, cols, keep_r, keep_c):
-    """dloss/dS of one logit tile: w_i (softmax - [j == i]), zero outside kept pairs."""
-    eye = tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
-    return tl.where(keep_r[:, None] & keep_c[None, :], w[:, None] * (tl.exp(s - lse[:, None]) - eye), 0.0)
+def _loss_side(keep_ptr, lse_ptr, blk, idx, ok, row_start, B_rows, half_g):
+    """Keep flags of the features `idx`, and for those that are loss rows of this rank (row_start <= idx <
+    row_start + B_rows) their saved log-sum-exp and loss weight; weight 0 elsewhere."""
+    keep = tl.load(keep_ptr + idx, mask=ok, other=0) != 0
+    local = idx - row_start
+    is_row = ok & (local >= 0) & (local < B_rows)
+    lse = tl.load(lse_ptr + blk * B_rows + local, mask=is_row, other=0.0)
+    return keep, lse, tl.where(is_row & keep, half_g, 0.0)
 
 
 @triton.jit
-def _add_grad(d_ptr, base, idx, ok, feat, P, s_b, s_p, inv, acc, coef, inv_t, NORMALIZE: tl.constexpr):
-    """Atomically add the raw-feature gradient of rows `idx`, features `feat` into the fp32 (B, P) d_ptr.
+def _pair_grad(s, rows, cols, keep_r, keep_c, lse1_r, w_r, lse2_c, w_c):
+    """dloss/dS1 of the tile S1[rows, cols] = v̂_rows · â_cols / t as two terms: the v->a softmax of the loss
+    rows `rows` and the a->v softmax of the loss rows `cols` (S2 = S1ᵀ); zero outside kept pairs and loss rows."""
+    eye = tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
+    pair = keep_r[:, None] & keep_c[None, :]
+    g1 = tl.where(pair & (w_r[:, None] != 0.0), w_r[:, None] * (tl.exp(s - lse1_r[:, None]) - eye), 0.0)
+    g2 = tl.where(pair & (w_c[None, :] != 0.0), w_c[None, :] * (tl.exp(s - lse2_c[None, :]) - eye), 0.0)
+    return g1, g2
+
+
+@triton.jit
+def _store_grad(d_ptr, base, idx, ok, feat, P, s_b, s_p, inv, acc, coef, inv_t, NORMALIZE: tl.constexpr):
+    """Store the raw-feature gradient of rows `idx`, features `feat` into the contiguous (B, P) d_ptr.
 
     acc * inv_t is dloss/d(unit vector) on these features and coef = unit vector · dloss/d(unit vector)
     (from the logits, so no program needs all P features): d raw = inv (g - unit * coef).
@@ -149,18 +164,16 @@ def _add_grad(d_ptr, base, idx, ok, feat, P, s_b, s_p, inv, acc, coef, inv_t, NO
     if NORMALIZE:
         unit = _load_chunk(base, idx, ok, feat, P, s_b, s_p).to(tl.float32) * inv[:, None]
         g = (g - unit * coef[:, None]) * inv[:, None]
-    tl.atomic_add(d_ptr + idx[:, None] * P + feat[None, :], g, mask=ok[:, None] & (feat < P)[None, :])
+    tl.store(d_ptr + idx[:, None] * P + feat[None, :], g.to(d_ptr.dtype.element_ty),
+             mask=ok[:, None] & (feat < P)[None, :])
 
 
 @triton.jit
-def _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, local, row_start, B_rows, half_g):
-    """Loss rows `local` of this rank: global index, validity, keep flag, saved lse1/lse2, loss weight."""
-    rows = row_start + local
-    rows_ok = local < B_rows
-    keep_r = tl.load(keep_ptr + rows, mask=rows_ok, other=0) != 0
-    lse1 = tl.load(lse1_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
-    lse2 = tl.load(lse2_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
-    return rows, rows_ok, keep_r, lse1, lse2, tl.where(keep_r, half_g, 0.0)
+def _partner_range(start, N: tl.constexpr, B, row_start, B_rows):
+    """Partner index range of a tile [start, start + N): all B when it holds loss rows of this rank, else
+    only the loss rows (elsewhere both sides have weight 0 and the gradient vanishes)."""
+    holds_rows = (start < row_start + B_rows) & (start + N > row_start)
+    return tl.where(holds_rows, 0, row_start), tl.where(holds_rows, B, row_start + B_rows)
 
 
 @triton.jit
@@ -169,16 +182,15 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
                            B, B_rows, P, row_start,
                            s_al, s_ab, s_ap, s_vl, s_vb, s_vp, s_t,
                            NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr):
-    """Grid (row tiles + column tiles, feature chunks, L).
+                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, KC: tl.constexpr):
+    """Grid (row tiles + column tiles of all B, gradient chunks of PC features, L).
 
-    Row programs own the gradient of each loss row's own features (v_i through S1, a_i through S2)
-    and the temperature partial sums; column programs own the gradient through the columns (a_j via
-    S1, v_j via S2). Each program recomputes its logit tiles over all features and accumulates one
-    chunk of PC features of the gradient. Both add into the zeroed fp32 da/dv (L, B, P) with atomics:
-    every element gets one row and at most one column contribution, and a two-term sum onto 0 is
-    order independent, so the result is deterministic. `gscale` (L,) is the upstream gradient of
-    each block / the kept count; dtemp (L, B_rows) gets each row's share of the temperature gradient.
+    One logit matrix S1 = V̂ Âᵀ / t carries both directions (S2 = S1ᵀ), so with H = dloss/dS1 (`_pair_grad`)
+    dV̂ = H Â / t and dÂ = Hᵀ V̂ / t. Row programs own dv of BR rows, column programs da of BC columns,
+    each for PC features: every gradient element has one owner, stored once in the input dtype (no
+    atomics, deterministic). Each program recomputes its S1 tiles over all P features in chunks of KC.
+    `gscale` (L,) is the upstream gradient of each block / the kept count; dtemp (L, B) gets per-row
+    shares of the temperature gradient.
     """
     tile = tl.program_id(0)
     feat = tl.program_id(1) * PC + tl.arange(0, PC)
@@ -189,78 +201,59 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
     dv_ptr += blk * B * P
     inv_t = 1.0 / tl.load(temp_ptr + blk * s_t).to(tl.float32)
     half_g = 0.5 * tl.load(gscale_ptr + blk)
-    n_row_tiles = tl.cdiv(B_rows, BR)
+    n_row_tiles = tl.cdiv(B, BR)
     if tile < n_row_tiles:
-        local = tile * BR + tl.arange(0, BR)
-        rows, rows_ok, keep_r, lse1, lse2, w = _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, local, row_start, B_rows,
-                                                         half_g)
-        acc_v = tl.zeros([BR, PC], tl.float32)
-        acc_a = tl.zeros([BR, PC], tl.float32)
-        coef_v = tl.zeros([BR], tl.float32)
-        coef_a = tl.zeros([BR], tl.float32)
-        inv_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, PC, NORMALIZE)
-        inv_ar = _inv_norms(a_base, rows, rows_ok, P, s_ab, s_ap, BR, PC, NORMALIZE)
-        for c0 in range(0, B, BC):
+        rows = tile * BR + tl.arange(0, BR)
+        rows_ok = rows < B
+        keep_r, lse1_r, w_r = _loss_side(keep_ptr, lse1_ptr, blk, rows, rows_ok, row_start, B_rows, half_g)
+        inv_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, KC, NORMALIZE)
+        acc = tl.zeros([BR, PC], tl.float32)
+        coef = tl.zeros([BR], tl.float32)
+        tsum = tl.zeros([BR], tl.float32)
+        lo, hi = _partner_range(tile * BR, BR, B, row_start, B_rows)
+        for c0 in range(lo, hi, BC):
             cols = c0 + tl.arange(0, BC)
             cols_ok = cols < B
-            keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
-            # S1 = v̂_rows · â_cols / t: gradient into v_rows through the columns' a
-            inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, PC, NORMALIZE)
-            s1 = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, inv_vr * inv_t,
-                             inv_ac, BR, BC, PC, PRECISION, UPCAST)
-            g1 = _logit_grad(s1, lse1, w, rows, cols, keep_r, keep_c)
-            coef_v += tl.sum(g1 * s1, axis=1)
+            keep_c, lse2_c, w_c = _loss_side(keep_ptr, lse2_ptr, blk, cols, cols_ok, row_start, B_rows, half_g)
+            inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, KC, NORMALIZE)
+            s = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, inv_vr * inv_t,
+                            inv_ac, BR, BC, KC, PRECISION, UPCAST)
+            g1, g2 = _pair_grad(s, rows, cols, keep_r, keep_c, lse1_r, w_r, lse2_c, w_c)
+            h = g1 + g2
+            coef += tl.sum(h * s, axis=1)
+            # the same sum for the temperature, less cancellation: each softmax term sums to 0, so shift S by its lse
+            tsum += tl.sum(g1 * (s - lse1_r[:, None]) + g2 * (s - lse2_c[None, :]), axis=1)
             a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
-            acc_v = mma(g1 * inv_ac[None, :], a_c, acc_v, PRECISION, UPCAST)  # g1 cast to a_c's dtype
-            # S2 = â_rows · v̂_cols / t: gradient into a_rows through the columns' v
-            inv_vc = _inv_norms(v_base, cols, cols_ok, P, s_vb, s_vp, BC, PC, NORMALIZE)
-            s2 = _logit_tile(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, inv_ar * inv_t,
-                             inv_vc, BR, BC, PC, PRECISION, UPCAST)
-            g2 = _logit_grad(s2, lse2, w, rows, cols, keep_r, keep_c)
-            coef_a += tl.sum(g2 * s2, axis=1)
-            v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
-            acc_a = mma(g2 * inv_vc[None, :], v_c, acc_a, PRECISION, UPCAST)
+            acc = mma(h * inv_ac[None, :], a_c, acc, PRECISION, UPCAST)  # h cast to a_c's dtype
         if tl.program_id(1) == 0:
-            # dS/dt = -S/t  ->  dloss/dt = -(1/t) sum(g * S)
-            tl.store(dtemp_ptr + blk * B_rows + local, -(coef_v + coef_a) * inv_t, mask=rows_ok)
-        _add_grad(dv_ptr, v_base, rows, rows_ok, feat, P, s_vb, s_vp, inv_vr, acc_v, coef_v, inv_t, NORMALIZE)
-        _add_grad(da_ptr, a_base, rows, rows_ok, feat, P, s_ab, s_ap, inv_ar, acc_a, coef_a, inv_t, NORMALIZE)
-    else:  # own names: with BR != BC the accumulators differ in shape from the row branch's
+            # dS/dt = -S/t  ->  dloss/dt = -(1/t) sum(H * S)
+            tl.store(dtemp_ptr + blk * B + rows, -tsum * inv_t, mask=rows_ok)
+        _store_grad(dv_ptr, v_base, rows, rows_ok, feat, P, s_vb, s_vp, inv_vr, acc, coef, inv_t, NORMALIZE)
+    else:
         cols = (tile - n_row_tiles) * BC + tl.arange(0, BC)
         cols_ok = cols < B
-        keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
-        acc_ca = tl.zeros([BC, PC], tl.float32)
-        acc_cv = tl.zeros([BC, PC], tl.float32)
-        coef_ca = tl.zeros([BC], tl.float32)
-        coef_cv = tl.zeros([BC], tl.float32)
-        inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, PC, NORMALIZE)
-        inv_vc = _inv_norms(v_base, cols, cols_ok, P, s_vb, s_vp, BC, PC, NORMALIZE)
-        for r0 in range(0, B_rows, BR):
-            rows, rows_ok, keep_r, lse1, lse2, w = _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, r0 + tl.arange(0, BR),
-                                                             row_start, B_rows, half_g)
-            # S1 = v̂_rows · â_cols / t: gradient into a_cols through the rows' v
-            inv_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, PC, NORMALIZE)
-            s1 = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, inv_vr * inv_t,
-                             inv_ac, BR, BC, PC, PRECISION, UPCAST)
-            g1 = _logit_grad(s1, lse1, w, rows, cols, keep_r, keep_c)
-            coef_ca += tl.sum(g1 * s1, axis=0)
+        keep_c, lse2_c, w_c = _loss_side(keep_ptr, lse2_ptr, blk, cols, cols_ok, row_start, B_rows, half_g)
+        inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, KC, NORMALIZE)
+        acc_c = tl.zeros([BC, PC], tl.float32)  # own names: with BR != BC the shapes differ from the row branch
+        coef_c = tl.zeros([BC], tl.float32)
+        lo, hi = _partner_range((tile - n_row_tiles) * BC, BC, B, row_start, B_rows)
+        for r0 in range(lo, hi, BR):
+            rows = r0 + tl.arange(0, BR)
+            rows_ok = rows < B
+            keep_r, lse1_r, w_r = _loss_side(keep_ptr, lse1_ptr, blk, rows, rows_ok, row_start, B_rows, half_g)
+            inv_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, KC, NORMALIZE)
+            s = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, inv_vr * inv_t,
+                            inv_ac, BR, BC, KC, PRECISION, UPCAST)
+            g1, g2 = _pair_grad(s, rows, cols, keep_r, keep_c, lse1_r, w_r, lse2_c, w_c)
+            h = g1 + g2
+            coef_c += tl.sum(h * s, axis=0)
             v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
-            acc_ca = mma(tl.trans(g1 * inv_vr[:, None]), v_r, acc_ca, PRECISION, UPCAST)
-            # S2 = â_rows · v̂_cols / t: gradient into v_cols through the rows' a
-            inv_ar = _inv_norms(a_base, rows, rows_ok, P, s_ab, s_ap, BR, PC, NORMALIZE)
-            s2 = _logit_tile(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, inv_ar * inv_t,
-                             inv_vc, BR, BC, PC, PRECISION, UPCAST)
-            g2 = _logit_grad(s2, lse2, w, rows, cols, keep_r, keep_c)
-            coef_cv += tl.sum(g2 * s2, axis=0)
-            a_r = _load_chunk(a_base, rows, rows_ok, feat, P, s_ab, s_ap)
-            acc_cv = mma(tl.trans(g2 * inv_ar[:, None]), a_r, acc_cv, PRECISION, UPCAST)
-        _add_grad(da_ptr, a_base, cols, cols_ok, feat, P, s_ab, s_ap, inv_ac, acc_ca, coef_ca, inv_t, NORMALIZE)
-        _add_grad(dv_ptr, v_base, cols, cols_ok, feat, P, s_vb, s_vp, inv_vc, acc_cv, coef_cv, inv_t, NORMALIZE)
+            acc_c = mma(tl.trans(h * inv_vr[:, None]), v_r, acc_c, PRECISION, UPCAST)
+        _store_grad(da_ptr, a_base, cols, cols_ok, feat, P, s_ab, s_ap, inv_ac, acc_c, coef_c, inv_t, NORMALIZE)
 
 
 _FORWARD_TUNED = autotuned(contrastive_fwd_kernel, FORWARD_CONFIGS, ["B", "B_rows", "P", "PRECISION"], "a_ptr")
-_BACKWARD_TUNED = autotuned(contrastive_bwd_kernel, BACKWARD_CONFIGS, ["B", "B_rows", "P", "PRECISION"], "a_ptr",
-                            reset_to_zero=["da_ptr", "dv_ptr"])
+_BACKWARD_TUNED = autotuned(contrastive_bwd_kernel, BACKWARD_CONFIGS, ["B", "B_rows", "P", "PRECISION"], "a_ptr")
 
 
 def _strides(audio: torch.Tensor, visual: torch.Tensor, temperature: torch.Tensor) -> tuple[int, ...]:
@@ -301,12 +294,11 @@ def contrastive_backward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.
     """
     L, B, P = audio.shape
     row_count = lse1.shape[1]
-    da = torch.zeros(L, B, P, device=audio.device, dtype=torch.float32)
-    dv = torch.zeros_like(da)
-    dtemp = torch.empty(L, row_count, device=audio.device, dtype=torch.float32)
+    da = torch.empty(L, B, P, device=audio.device, dtype=audio.dtype)
+    dv = torch.empty(L, B, P, device=visual.device, dtype=visual.dtype)
+    dtemp = torch.empty(L, B, device=audio.device, dtype=torch.float32)
     launch_tiled("contrastive_bwd", contrastive_bwd_kernel, _BACKWARD_TUNED, SMALL, max(B, row_count) < TINY_ROWS,
-                 lambda meta: (triton.cdiv(row_count, meta["BR"]) + triton.cdiv(B, meta["BC"]),
-                               triton.cdiv(P, meta["PC"]), L),
+                 lambda meta: (triton.cdiv(B, meta["BR"]) + triton.cdiv(B, meta["BC"]), triton.cdiv(P, meta["PC"]), L),
                  audio, visual, keep, temperature, lse1, lse2, gscale, da, dv, dtemp, B, row_count, P, row_start,
-                 *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision))
-    return da.to(audio.dtype), dv.to(visual.dtype), dtemp.sum(1)
+                 *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision), KC=LOGIT_CHUNK)
+    return da, dv, dtemp.sum(1)
