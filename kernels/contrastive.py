@@ -41,8 +41,7 @@ FORWARD_CONFIGS = {
         TileConfig(128, 128, 32, 8, 2)),
 }
 BACKWARD_CONFIGS = {  # `features`: the gradient chunk per program (the logits are recomputed P / features times)
-    2: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 128, 8, 2), TileConfig(64, 64, 256, 8, 2),
-        TileConfig(128, 64, 128, 8, 2)),
+    2: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 128, 8, 2), TileConfig(64, 64, 256, 8, 2)),
     4: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 64, 8, 2), TileConfig(64, 64, 128, 8, 2)),
 }
 
