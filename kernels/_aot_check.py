@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import re
 import subprocess
 import tempfile
@@ -122,16 +123,22 @@ def _label(launch: _launch.Launch) -> str:
     return " ".join(f"{k}={v}" for k, v in tiles.items())
 
 
+def _area(config: _launch.TileConfig) -> int:
+    return config.rows * config.cols * config.features
+
+
 def launches(dtype: torch.dtype, quick: bool) -> list[_launch.Launch]:
-    """Every kernel launch to check for one dtype; `quick`: the contrastive configs of 64 rows and more only."""
+    """Every kernel launch to check for one dtype: each contrastive config (`quick`: the largest forward and
+    backward config only) and group attention."""
     size = torch.empty((), dtype=dtype).element_size()
-    pairs = list(zip(contrastive.FORWARD_CONFIGS[size], contrastive.BACKWARD_CONFIGS[size]))
+    forward, backward = contrastive.FORWARD_CONFIGS[size], contrastive.BACKWARD_CONFIGS[size]
     if quick:
-        pairs = [(f, b) for f, b in pairs if f.rows >= LARGE_ROWS]
+        pairs = [(max(forward, key=_area), max(backward, key=_area))]
     else:
+        pairs = list(itertools.zip_longest(forward, backward, fillvalue=contrastive.SMALL))
         pairs.append((contrastive.SMALL, contrastive.SMALL))
     calls = [c for f, b in pairs for c in _contrastive_launches(dtype, f, b)]
-    return calls if quick else calls + _group_attention_launches(dtype)
+    return calls + _group_attention_launches(dtype)
 
 
 def check(arch: int = 90, dtypes=DTYPES, quick: bool = False) -> list[Row]:
@@ -165,7 +172,7 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for sm_90")
-    parser.add_argument("--quick", action="store_true", help="only the contrastive configs that must use wgmma")
+    parser.add_argument("--quick", action="store_true", help="only the largest contrastive configs (and group attention)")
     args = parser.parse_args(argv)
     rows = check(args.arch, quick=args.quick)
     print(table(rows))

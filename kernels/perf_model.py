@@ -53,12 +53,11 @@ def contrastive_forward(B: int) -> Estimate:
     return Estimate(flops=2 * 2 * L * B * B * P, bytes=2 * L * B * P * BF16 + 3 * L * B * FP32, launches=2)
 
 
-def contrastive_backward(B: int, chunk: int = contrastive.BACKWARD_CONFIGS[2][-1].features) -> Estimate:
-    """Row and column programs per chunk of `chunk` gradient features each recompute S1 and S2 over all P
-    features (factor P / chunk) and add two gradient dots; da/dv are fp32 (zeroed, atomically added, cast)."""
-    flops = 2 * (4 * L * B * B * P * (P / chunk) + 4 * L * B * B * P)
-    per_element = BF16 + FP32 + FP32 + FP32 + BF16  # read input, zero, atomic result, read for the cast, write
-    return Estimate(flops=flops, bytes=2 * L * B * P * per_element, launches=6)
+def contrastive_backward(B: int, chunk: int = max(c.features for c in contrastive.BACKWARD_CONFIGS[BF16])) -> Estimate:
+    """Row programs (dv) and column programs (da) per chunk of `chunk` gradient features each recompute their
+    tiles of S1 over all P features (factor P / chunk) and add one gradient dot; da, dv are written once."""
+    flops = 2 * (2 * L * B * B * P * (P / chunk) + 2 * L * B * B * P)
+    return Estimate(flops=flops, bytes=2 * L * B * P * (BF16 + BF16) + L * B * FP32, launches=3)
 
 
 def contrastive_eager(B: int) -> Estimate:
@@ -77,16 +76,22 @@ def group_attention_step() -> Estimate:
 
 
 def table(device: Device = H200) -> str:
-    """Markdown table: per kernel and B, FLOPs, bytes, bound and predicted µs, beside the eager formula."""
-    lines = ["| kernel | B | GFLOP | MB | bound | predicted µs | eager bf16 µs |", "|---" * 7 + "|"]
+    """Markdown tables: the contrastive kernels per B beside the eager formula, then group attention."""
+    lines = ["| B | fwd GFLOP / MB | fwd bound | fwd µs | bwd GFLOP / MB | bwd bound | bwd µs | fused fwd+bwd µs "
+             "| eager bf16 fwd+bwd µs (bound) |", "|---" * 9 + "|"]
     for B in BATCHES:
-        eager = contrastive_eager(B).seconds(device) * 1e6
-        for name, est in (("contrastive fwd", contrastive_forward(B)), ("contrastive bwd", contrastive_backward(B))):
-            lines.append(f"| {name} | {B} | {est.flops / 1e9:.1f} | {est.bytes / 1e6:.1f} | {est.bound(device)} | "
-                         f"{est.seconds(device) * 1e6:.0f} | {eager:.0f} (fwd+bwd) |")
+        fwd, bwd, eager = contrastive_forward(B), contrastive_backward(B), contrastive_eager(B)
+        cells = [str(B)]
+        for est in (fwd, bwd):
+            cells += [f"{est.flops / 1e9:.1f} / {est.bytes / 1e6:.1f}", est.bound(device), f"{est.seconds(device) * 1e6:.0f}"]
+        cells += [f"{(fwd.seconds(device) + bwd.seconds(device)) * 1e6:.0f}",
+                  f"{eager.seconds(device) * 1e6:.0f} ({eager.bound(device)})"]
+        lines.append("| " + " | ".join(cells) + " |")
     ga = group_attention_step()
-    lines.append(f"| group attention fwd+bwd | any | {ga.flops / 1e9:.2f} | {ga.bytes / 1e6:.1f} | {ga.bound(device)} "
-                 f"| {ga.seconds(device) * 1e6:.0f} | - |")
+    lines += ["", "| group attention (G=3, M=1, n=5, D=768) | GFLOP | MB | launches | bound | predicted µs |",
+              "|---" * 6 + "|",
+              f"| forward + backward, any B | {ga.flops / 1e9:.2f} | {ga.bytes / 1e6:.1f} | {ga.launches} | "
+              f"{ga.bound(device)} | {ga.seconds(device) * 1e6:.0f} |"]
     return "\n".join(lines)
 
 
