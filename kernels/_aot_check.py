@@ -172,7 +172,8 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for sm_90")
-    parser.add_argument("--quick", action="store_true", help="only the largest contrastive configs (and group attention)")
+    parser.add_argument("--quick", action="store_true", help="only the largest contrastive configs "
+                        "(and group attention)")
     args = parser.parse_args(argv)
     rows = check(args.arch, quick=args.quick)
     print(table(rows))

@@ -83,7 +83,8 @@ def table(device: Device = H200) -> str:
         fwd, bwd, eager = contrastive_forward(B), contrastive_backward(B), contrastive_eager(B)
         cells = [str(B)]
         for est in (fwd, bwd):
-            cells += [f"{est.flops / 1e9:.1f} / {est.bytes / 1e6:.1f}", est.bound(device), f"{est.seconds(device) * 1e6:.0f}"]
+            cells += [f"{est.flops / 1e9:.1f} / {est.bytes / 1e6:.1f}", est.bound(device),
+                      f"{est.seconds(device) * 1e6:.0f}"]
         cells += [f"{(fwd.seconds(device) + bwd.seconds(device)) * 1e6:.0f}",
                   f"{eager.seconds(device) * 1e6:.0f} ({eager.bound(device)})"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -116,7 +116,8 @@ def test_autotuner_offers_the_configs_of_the_input_dtype():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = ("import torch; from maavt_fast.kernels import contrastive as c\n"
             "for dt in (torch.bfloat16, torch.float32):\n"
-            "    kept = c._FORWARD_TUNED.early_config_prune(c._FORWARD_TUNED.configs, {'a_ptr': torch.empty(0, dtype=dt)})\n"
+            "    tuned = c._FORWARD_TUNED\n"
+            "    kept = tuned.early_config_prune(tuned.configs, {'a_ptr': torch.empty(0, dtype=dt)})\n"
             "    print(len(kept), len(c.FORWARD_CONFIGS[torch.empty(0, dtype=dt).element_size()]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]

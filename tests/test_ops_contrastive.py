@@ -84,8 +84,8 @@ def _config_pairs():
     for size, dtype in ((2, torch.float16), (4, torch.float32)):
         pairs = itertools.zip_longest(contrastive.FORWARD_CONFIGS[size], contrastive.BACKWARD_CONFIGS[size])
         for forward, backward in pairs:
-            yield pytest.param(dtype, forward or contrastive.SMALL, backward or contrastive.SMALL,
-                               id=f"{dtype}-{describe(forward or contrastive.SMALL)}-{describe(backward or contrastive.SMALL)}")
+            forward, backward = forward or contrastive.SMALL, backward or contrastive.SMALL
+            yield pytest.param(dtype, forward, backward, id=f"{dtype}-{describe(forward)}-{describe(backward)}")
 
 
 @pytest.mark.parametrize("dtype,forward,backward", list(_config_pairs()))

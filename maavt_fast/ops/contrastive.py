@@ -91,7 +91,7 @@ def _temperature_tensor(temperature: float | torch.Tensor, blocks: int, device: 
 
 @torch.library.custom_op("maavt::blockwise_contrastive_fwd", mutates_args=())
 def _fused_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
-                   row_start: int, row_count: int, normalize: bool, fp32_precision: str
+                   row_start: int, row_count: int, normalize: bool, fp32_precision: str = "ieee"
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton forward -> (per-block losses (L,), lse v->a (L, row_count), lse a->v (L, row_count)), fp32."""
     sums, lse1, lse2 = _KERNELS.contrastive_forward(audio, visual, keep.view(torch.uint8), temperature,
@@ -100,7 +100,7 @@ def _fused_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor
 
 
 @_fused_forward.register_fake
-def _(audio, visual, keep, temperature, row_start, row_count, normalize, fp32_precision):
+def _(audio, visual, keep, temperature, row_start, row_count, normalize, fp32_precision="ieee"):
     lse = audio.new_empty(audio.shape[0], row_count, dtype=torch.float32)
     return audio.new_empty(audio.shape[0], dtype=torch.float32), lse, torch.empty_like(lse)
 
@@ -108,7 +108,7 @@ def _(audio, visual, keep, temperature, row_start, row_count, normalize, fp32_pr
 @torch.library.custom_op("maavt::blockwise_contrastive_bwd", mutates_args=())
 def _fused_backward(grad: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor,
                     temperature: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor, row_start: int,
-                    normalize: bool, fp32_precision: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    normalize: bool, fp32_precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward: grad (L,) of the per-block losses -> (d audio, d visual, d temperature)."""
     gscale = (grad.float() / keep.sum().clamp(min=1)).contiguous()
     da, dv, dtemp = _KERNELS.contrastive_backward(audio, visual, keep.view(torch.uint8), temperature, lse1, lse2,
@@ -117,7 +117,7 @@ def _fused_backward(grad: torch.Tensor, audio: torch.Tensor, visual: torch.Tenso
 
 
 @_fused_backward.register_fake
-def _(grad, audio, visual, keep, temperature, lse1, lse2, row_start, normalize, fp32_precision):
+def _(grad, audio, visual, keep, temperature, lse1, lse2, row_start, normalize, fp32_precision="ieee"):
     return audio.new_empty(audio.shape), visual.new_empty(visual.shape), temperature.new_empty(temperature.shape)
 
 

@@ -44,20 +44,21 @@ def _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads) ->
 
 @torch.library.custom_op("maavt::group_attention_fwd", mutates_args=())
 def _fused_forward(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, proj_weight: torch.Tensor,
-                   proj_bias: torch.Tensor, num_heads: int, fp32_precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+                   proj_bias: torch.Tensor, num_heads: int, fp32_precision: str = "ieee"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton forward -> (output (G, M, n, D), attention output before the projection, fp32)."""
     return _KERNELS.group_attention_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads,
                                             fp32_precision)
 
 
 @_fused_forward.register_fake
-def _(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads, fp32_precision):
+def _(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads, fp32_precision="ieee"):
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("maavt::group_attention_bwd", mutates_args=())
 def _fused_backward(grad: torch.Tensor, x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
-                    proj_weight: torch.Tensor, o: torch.Tensor, num_heads: int, fp32_precision: str
+                    proj_weight: torch.Tensor, o: torch.Tensor, num_heads: int, fp32_precision: str = "ieee"
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward -> gradients of (x, qkv_weight, qkv_bias, proj_weight, proj_bias)."""
     return _KERNELS.group_attention_backward(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads,
@@ -65,7 +66,7 @@ def _fused_backward(grad: torch.Tensor, x: torch.Tensor, qkv_weight: torch.Tenso
 
 
 @_fused_backward.register_fake
-def _(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads, fp32_precision):
+def _(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads, fp32_precision="ieee"):
     G, _, _, D = x.shape
     return (x.new_empty(x.shape), qkv_weight.new_empty(qkv_weight.shape), qkv_bias.new_empty(qkv_bias.shape),
             proj_weight.new_empty(proj_weight.shape), qkv_bias.new_empty(G, D))
