@@ -6,9 +6,10 @@ single process, the local slice under the distributed local-loss formulation); c
 Per block, with unit vectors â, v̂ and t the temperature:
     S1[i, j] = v̂_i · â_j / t   (visual -> audio),   S2[i, j] = â_i · v̂_j / t   (audio -> visual)
     loss_i   = 0.5 (lse_j S1[i, :] + lse_j S2[i, :]) - S1[i, row_start + i]   over kept i and kept j.
-Programs tile rows and stream column tiles with an online log-sum-exp: no (B, B) matrix is stored.
-Logit tiles are dots of the raw features accumulated over chunks of PC features, then scaled by the
-inverse norms (summed from the same chunks) and 1/t.
+The forward's programs tile rows and stream column tiles with an online log-sum-exp: no (B, B) matrix
+is stored. Logit tiles are dots of the raw features accumulated over chunks of features, then scaled
+by the inverse norms (summed in their own loop, so the dot loop holds only its operands) and 1/t. The
+backward uses S2 = S1ᵀ: one logit matrix carries both directions (see `contrastive_bwd_kernel`).
 
 Precision: dots take the inputs' own dtype (bf16/fp16 on the tensor cores) with fp32 accumulation;
 fp32 inputs use `input_precision` "ieee" or "tf32" (the `fp32_precision` argument). The backward's
@@ -16,7 +17,7 @@ gradient dots cast the fp32 logit gradients to the input dtype, as flash-attenti
 log-sum-exp, the loss and the gradients' accumulators are fp32.
 
 Tiles: `FORWARD_CONFIGS` / `BACKWARD_CONFIGS` per element size, chosen by `triton.autotune` keyed on
-(B, B_rows, P) on a GPU; `SMALL` under the interpreter and for problems under 64 rows; any config
+(B, B_rows, P, precision) on a GPU; `SMALL` under the interpreter and for problems under 64 rows; any config
 inside `_launch.pinned(contrastive_fwd=..., contrastive_bwd=...)`.
 """
 from __future__ import annotations
