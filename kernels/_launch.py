@@ -94,8 +94,7 @@ def pinned(**configs: TileConfig) -> Iterator[None]:
         _pinned.update(previous)
 
 
-def autotuned(kernel, configs: dict[int, tuple[TileConfig, ...]], key: list[str], element_arg: str,
-              reset_to_zero: list[str] | None = None):
+def autotuned(kernel, configs: dict[int, tuple[TileConfig, ...]], key: list[str], element_arg: str):
     """`triton.autotune` of `kernel` over the configs for the element size of argument `element_arg`
     (None under the interpreter, which cannot time kernels)."""
     if INTERPRETED:
@@ -107,8 +106,7 @@ def autotuned(kernel, configs: dict[int, tuple[TileConfig, ...]], key: list[str]
         return [c for c in candidates if TileConfig(c.kwargs["BR"], c.kwargs["BC"], c.kwargs["PC"], c.num_warps,
                                                      c.num_stages) in allowed]
 
-    return triton.autotune(every, key=key, reset_to_zero=reset_to_zero,
-                           prune_configs_by={"early_config_prune": for_dtype})(kernel)
+    return triton.autotune(every, key=key, prune_configs_by={"early_config_prune": for_dtype})(kernel)
 
 
 def launch_tiled(name: str, kernel, tuned, small: TileConfig, tiny: bool, grid: Callable[[dict], tuple[int, ...]],
