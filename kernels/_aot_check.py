@@ -135,8 +135,8 @@ def launches(dtype: torch.dtype, quick: bool) -> list[_launch.Launch]:
     if quick:
         pairs = [(max(forward, key=_area), max(backward, key=_area))]
     else:
-        pairs = list(itertools.zip_longest(forward, backward, fillvalue=contrastive.SMALL))
-        pairs.append((contrastive.SMALL, contrastive.SMALL))
+        small = contrastive.SMALL[size]
+        pairs = list(itertools.zip_longest(forward, backward, fillvalue=small)) + [(small, small)]
     calls = [c for f, b in pairs for c in _contrastive_launches(dtype, f, b)]
     return calls + _group_attention_launches(dtype)
 

@@ -17,8 +17,8 @@ gradient dots cast the fp32 logit gradients to the input dtype, as flash-attenti
 log-sum-exp, the loss and the gradients' accumulators are fp32.
 
 Tiles: `FORWARD_CONFIGS` / `BACKWARD_CONFIGS` per element size, chosen by `triton.autotune` keyed on
-(B, B_rows, P, precision) on a GPU; `SMALL` under the interpreter and for problems under 64 rows; any config
-inside `_launch.pinned(contrastive_fwd=..., contrastive_bwd=...)`.
+(B, B_rows, P, precision) on a GPU; `SMALL` (per element size) under the interpreter and for problems
+under 64 rows; any config inside `_launch.pinned(contrastive_fwd=..., contrastive_bwd=...)`.
 """
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ import triton.language as tl
 from maavt_fast.kernels._launch import TileConfig, autotuned, dot_precision, launch_tiled, mma, upcast_operands
 
 NEG_INIT = tl.constexpr(-1.0e30)  # finite start of the running max, so fully masked rows never compute inf - inf
-# Interpreter and tiny problems: 16 x 16 logit tiles (the smallest `tl.dot`), 64 features per chunk.
-SMALL = TileConfig(rows=16, cols=16, features=64, warps=4, stages=1)
+# Interpreter and tiny problems, per element size: 16 x 16 logit tiles (the smallest `tl.dot`), 64 features.
+SMALL = {2: TileConfig(16, 16, 64, 4, 2), 4: TileConfig(16, 16, 64, 4, 1)}
 TINY_ROWS = 64  # problems with fewer rows and columns than this run SMALL
 LOGIT_CHUNK = 64  # features per step of the backward's logit dots (its configs' `features` is the gradient chunk)
 # Per element size. bf16/fp16: tiles of 64 rows and more use Hopper's warpgroup MMA (wgmma). fp32 tiles are
 # smaller: "ieee" dots run on the FMA units and hold more registers. None spills on sm_90 (see _aot_check).
 FORWARD_CONFIGS = {
-    2: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 64, 4, 3), TileConfig(128, 64, 64, 8, 3),
+    2: (TileConfig(32, 32, 64, 4, 3), TileConfig(64, 64, 64, 4, 3), TileConfig(128, 64, 64, 8, 3),
         TileConfig(128, 128, 64, 8, 2)),
     4: (TileConfig(32, 32, 32, 8, 2), TileConfig(64, 32, 32, 4, 2)),
 }
@@ -276,7 +276,8 @@ def contrastive_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.T
     lse1 = torch.empty(L, row_count, device=audio.device, dtype=torch.float32)
     lse2 = torch.empty_like(lse1)
     losses = torch.empty_like(lse1)
-    launch_tiled("contrastive_fwd", contrastive_fwd_kernel, _FORWARD_TUNED, SMALL, max(B, row_count) < TINY_ROWS,
+    launch_tiled("contrastive_fwd", contrastive_fwd_kernel, _FORWARD_TUNED, SMALL[audio.element_size()],
+                 max(B, row_count) < TINY_ROWS,
                  lambda meta: (triton.cdiv(row_count, meta["BR"]), L),
                  audio, visual, keep, temperature, lse1, lse2, losses, B, row_count, P, row_start,
                  *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision))
@@ -296,7 +297,8 @@ def contrastive_backward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.
     da = torch.empty(L, B, P, device=audio.device, dtype=audio.dtype)
     dv = torch.empty(L, B, P, device=visual.device, dtype=visual.dtype)
     dtemp = torch.empty(L, B, device=audio.device, dtype=torch.float32)
-    launch_tiled("contrastive_bwd", contrastive_bwd_kernel, _BACKWARD_TUNED, SMALL, max(B, row_count) < TINY_ROWS,
+    launch_tiled("contrastive_bwd", contrastive_bwd_kernel, _BACKWARD_TUNED, SMALL[audio.element_size()],
+                 max(B, row_count) < TINY_ROWS,
                  lambda meta: (triton.cdiv(B, meta["BR"]) + triton.cdiv(B, meta["BC"]), triton.cdiv(P, meta["PC"]), L),
                  audio, visual, keep, temperature, lse1, lse2, gscale, da, dv, dtemp, B, row_count, P, row_start,
                  *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision), KC=LOGIT_CHUNK)

@@ -84,7 +84,7 @@ def _config_pairs():
     for size, dtype in ((2, torch.float16), (4, torch.float32)):
         pairs = itertools.zip_longest(contrastive.FORWARD_CONFIGS[size], contrastive.BACKWARD_CONFIGS[size])
         for forward, backward in pairs:
-            forward, backward = forward or contrastive.SMALL, backward or contrastive.SMALL
+            forward, backward = forward or contrastive.SMALL[size], backward or contrastive.SMALL[size]
             yield pytest.param(dtype, forward, backward, id=f"{dtype}-{describe(forward)}-{describe(backward)}")
 
 
@@ -124,9 +124,9 @@ def test_pinned_configs_are_restored_and_described():
     config = TileConfig(64, 32, 128, 8, 3)
     assert describe(config) == "64x32x128 w8 s3"
     with pinned(contrastive_fwd=config):
-        with pinned(contrastive_bwd=contrastive.SMALL):
+        with pinned(contrastive_bwd=contrastive.SMALL[2]):
             from maavt_fast.kernels._launch import _pinned
-            assert _pinned == {"contrastive_fwd": config, "contrastive_bwd": contrastive.SMALL}
+            assert _pinned == {"contrastive_fwd": config, "contrastive_bwd": contrastive.SMALL[2]}
         assert _pinned == {"contrastive_fwd": config}
     assert _pinned == {}
 
