@@ -1,16 +1,25 @@
-"""Compile the kernels for a CUDA architecture without a GPU, to catch what the interpreter lets pass.
+"""Compile the kernels for a CUDA architecture without a GPU and report what the GPU would run.
 
 The interpreter runs kernels as NumPy code, so it accepts things the GPU compiler rejects (a global
-that is not a constexpr, mismatched branch types, a bad `tl.dot` shape). `compile_all()` runs every
-launcher on "meta" tensors with `launch` replaced by a recorder, then compiles each recorded launch
-with `triton.compile` for the target (PTX and cubin via the bundled ptxas; no driver needed).
-Run with TRITON_INTERPRET unset:  python -m maavt_fast.kernels._aot_check [ARCH]
+that is not a constexpr, mismatched branch types, a bad `tl.dot` shape) and says nothing about speed.
+Here every launcher runs on "meta" tensors at model sizes inside `_launch.recording()`, once per tile
+configuration (`_launch.pinned`) and dtype; each recorded launch is compiled with `triton.compile` for
+the target (PTX and cubin via the bundled ptxas, no driver needed), specialised as the JIT would
+(pointers and multiples of 16 aligned, ints equal to 1 constant). Per kernel, configuration and dtype
+the report gives the tiles, whether the PTX uses Hopper's warpgroup MMA (`wgmma`), the registers and
+spilled bytes from `ptxas -v`, and the static shared memory.
+
+    python -m maavt_fast.kernels._aot_check [--arch 90] [--quick]      (TRITON_INTERPRET unset)
 """
 from __future__ import annotations
 
-import sys
-from contextlib import contextmanager
-from unittest import mock
+import argparse
+import dataclasses
+import itertools
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import torch
 import triton
@@ -19,67 +28,160 @@ from triton.backends.compiler import GPUTarget
 from maavt_fast.kernels import _launch, contrastive, group_attention
 
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8", torch.int32: "i32"}
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+LARGE_ROWS = 64  # contrastive tiles with at least this many rows must use wgmma in bf16/fp16
 
 
-@contextmanager
-def recorded_launches():
-    """Inside, kernel launches are recorded as (kernel, args, kwargs) in the yielded list instead of run."""
-    calls = []
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One compiled kernel: what sm_<arch> would run."""
+    kernel: str
+    config: str  # `_launch.describe` of the tile config, or the group-attention tiles
+    dtype: str
+    wgmma: bool
+    registers: int
+    spill_bytes: int  # spill stores + spill loads
+    shared_bytes: int
 
-    def record(name, kernel, grid, *args, **kwargs):
-        calls.append((kernel, args, kwargs))
-
-    with mock.patch.object(contrastive, "launch", record), mock.patch.object(group_attention, "launch", record):
-        yield calls
+    def needs_wgmma(self) -> bool:
+        rows = int(self.config.split("x")[0]) if self.kernel.startswith("contrastive") else 0
+        return self.dtype in ("bf16", "fp16") and rows >= LARGE_ROWS
 
 
-def _arg_type(value) -> str:
+def _specialise(value):
+    """(signature type or None for a constant, divisible by 16) of one argument, as the JIT specialises it."""
     if isinstance(value, torch.Tensor):
-        return "*" + _TYPES[value.dtype]
+        return "*" + _TYPES[value.dtype], True
     if isinstance(value, bool):
-        return "i1"
-    return "fp32" if isinstance(value, float) else "i32"
+        return "i1", False
+    if isinstance(value, float):
+        return "fp32", False
+    return (None, False) if value == 1 else ("i32", value % 16 == 0)
 
 
-def compile_launch(kernel, args, kwargs, arch: int):
+def compile_launch(launch: _launch.Launch, arch: int):
     """triton.compile one recorded launch for `cuda:<arch>`."""
-    options = {"num_warps": kwargs.get("num_warps", 4)}
-    constexprs = {k: v for k, v in kwargs.items() if k != "num_warps"}
-    names = [n for n in kernel.arg_names if n not in constexprs]
-    signature = {n: _arg_type(a) for n, a in zip(names, args)} | {n: "constexpr" for n in constexprs}
-    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    options = {k: launch.kwargs[k] for k in ("num_warps", "num_stages") if k in launch.kwargs}
+    constexprs = {k: v for k, v in launch.kwargs.items() if k not in options}
+    names = [n for n in launch.kernel.arg_names if n not in constexprs]
+    signature, attrs = {}, {}
+    for name, value in zip(names, launch.args):
+        kind, aligned = _specialise(value)
+        if kind is None:
+            constexprs[name] = value
+        signature[name] = kind or "constexpr"
+        if aligned:
+            attrs[(launch.kernel.arg_names.index(name),)] = [["tt.divisibility", 16]]
+    signature |= {n: "constexpr" for n in constexprs}
+    source = triton.compiler.ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-def _model_sized_calls(dtype: torch.dtype) -> None:
-    """Run every launcher once at model sizes on meta tensors (contrastive L=12, B=256, P=512; LSA D=768)."""
+def ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
+    """(registers per thread, spilled bytes) that `ptxas -v` reports for the PTX."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "kernel.ptx"
+        src.write_text(ptx)
+        suffix = "a" if arch >= 90 else ""
+        log = subprocess.run([triton.knobs.nvidia.ptxas.path, "-v", f"--gpu-name=sm_{arch}{suffix}", str(src),
+                              "-o", str(Path(tmp) / "kernel.cubin")], capture_output=True, text=True, check=True)
+    text = log.stdout + log.stderr
+    registers = int(re.search(r"Used (\d+) registers", text).group(1))
+    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", text))
+    return registers, spills
+
+
+def _contrastive_launches(dtype: torch.dtype, forward: _launch.TileConfig, backward: _launch.TileConfig):
+    """Recorded launches of the contrastive forward and backward at L = 12, B = 4096, P = 512."""
     meta = dict(device="meta", dtype=dtype)
-    audio, visual = torch.empty(12, 256, 512, **meta), torch.empty(12, 256, 512, **meta)
-    keep = torch.empty(256, device="meta", dtype=torch.uint8)
-    temp = torch.empty((), device="meta")
-    _, lse1, lse2 = contrastive.contrastive_forward(audio, visual, keep, temp, 0, 256, True)
-    contrastive.contrastive_backward(audio, visual, keep, temp, lse1, lse2, torch.empty(12, device="meta"), 0, True)
-    x = torch.empty(3, 1, 5, 768, **meta)
+    audio, visual = torch.empty(12, 4096, 512, **meta), torch.empty(12, 4096, 512, **meta)
+    keep = torch.empty(4096, device="meta", dtype=torch.uint8)
+    temp, gscale = torch.empty((), device="meta"), torch.empty(12, device="meta")
+    with _launch.pinned(contrastive_fwd=forward, contrastive_bwd=backward), _launch.recording() as calls:
+        _, lse1, lse2 = contrastive.contrastive_forward(audio, visual, keep, temp, 0, 4096, True)
+        contrastive.contrastive_backward(audio, visual, keep, temp, lse1, lse2, gscale, 0, True)
+    return calls
+
+
+def _group_attention_launches(dtype: torch.dtype):
+    """Recorded launches of group attention at the model's sizes (G = 3, M = 64, n = 5, D = 768, 8 heads)."""
+    meta = dict(device="meta", dtype=dtype)
+    x = torch.empty(3, 64, 5, 768, **meta)
     weights = [torch.empty(3, 2304, 768, **meta), torch.empty(3, 2304, **meta), torch.empty(3, 768, 768, **meta),
                torch.empty(3, 768, **meta)]
-    _, o = group_attention.group_attention_forward(x, *weights, 8)
-    group_attention.group_attention_backward(torch.empty_like(x), x, *weights[:3], o, 8)
+    with _launch.recording() as calls:
+        _, o = group_attention.group_attention_forward(x, *weights, 8)
+        group_attention.group_attention_backward(torch.empty_like(x), x, *weights[:3], o, 8)
+    return calls
 
 
-def compile_all(arch: int = 90, dtypes=(torch.bfloat16, torch.float16, torch.float32)) -> list[str]:
-    """Compile every kernel at model sizes for each dtype; returns the names compiled."""
+def _label(launch: _launch.Launch) -> str:
+    if "BR" in launch.kwargs and "PC" in launch.kwargs:
+        return _launch.describe(_launch.TileConfig(launch.kwargs["BR"], launch.kwargs["BC"], launch.kwargs["PC"],
+                                                   launch.kwargs["num_warps"], launch.kwargs.get("num_stages", 3)))
+    tiles = {k: v for k, v in launch.kwargs.items() if isinstance(v, int) and not isinstance(v, bool)}
+    return " ".join(f"{k}={v}" for k, v in tiles.items())
+
+
+def _area(config: _launch.TileConfig) -> int:
+    return config.rows * config.cols * config.features
+
+
+def launches(dtype: torch.dtype, quick: bool) -> list[_launch.Launch]:
+    """Every kernel launch to check for one dtype: each contrastive config (`quick`: the largest forward and
+    backward config only) and group attention."""
+    size = torch.empty((), dtype=dtype).element_size()
+    forward, backward = contrastive.FORWARD_CONFIGS[size], contrastive.BACKWARD_CONFIGS[size]
+    if quick:
+        pairs = [(max(forward, key=_area), max(backward, key=_area))]
+    else:
+        small = contrastive.SMALL[size]
+        pairs = list(itertools.zip_longest(forward, backward, fillvalue=small)) + [(small, small)]
+    calls = [c for f, b in pairs for c in _contrastive_launches(dtype, f, b)]
+    return calls + _group_attention_launches(dtype)
+
+
+def check(arch: int = 90, dtypes=DTYPES, quick: bool = False) -> list[Row]:
+    """Compile and measure every launch of `launches` for each dtype."""
     if _launch.INTERPRETED:
         raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled for a GPU")
-    compiled = []
+    rows = []
     for dtype in dtypes:
-        with recorded_launches() as calls:
-            _model_sized_calls(dtype)
-        for kernel, args, kwargs in calls:
-            compile_launch(kernel, args, kwargs, arch)
-            compiled.append(f"{kernel.__name__}[{_TYPES[dtype]}]")
-    return compiled
+        for launch in launches(dtype, quick):
+            compiled = compile_launch(launch, arch)
+            registers, spills = ptxas_usage(compiled.asm["ptx"], arch)
+            rows.append(Row(launch.name, _label(launch), _TYPES[dtype], "wgmma" in compiled.asm["ptx"], registers,
+                            spills, compiled.metadata.shared))
+    return rows
+
+
+def problems(rows: list[Row]) -> list[str]:
+    """What fails the check: spills anywhere, or a large bf16/fp16 contrastive tile without wgmma."""
+    return ([f"{r.kernel} {r.config} {r.dtype}: {r.spill_bytes} bytes spilled" for r in rows if r.spill_bytes]
+            + [f"{r.kernel} {r.config} {r.dtype}: no wgmma" for r in rows if r.needs_wgmma() and not r.wgmma])
+
+
+def table(rows: list[Row]) -> str:
+    """Markdown table of the rows."""
+    lines = ["| kernel | config | dtype | wgmma | registers | spilled bytes | shared bytes |", "|---" * 7 + "|"]
+    lines += [f"| {r.kernel} | {r.config} | {r.dtype} | {'yes' if r.wgmma else 'no'} | {r.registers} | "
+              f"{r.spill_bytes} | {r.shared_bytes} |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for sm_90")
+    parser.add_argument("--quick", action="store_true", help="only the largest contrastive configs "
+                        "(and group attention)")
+    args = parser.parse_args(argv)
+    rows = check(args.arch, quick=args.quick)
+    print(table(rows))
+    failed = problems(rows)
+    for line in failed:
+        print("FAIL", line)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    for name in compile_all(int(sys.argv[1]) if len(sys.argv) > 1 else 90):
-        print("compiled", name)
+    raise SystemExit(main())

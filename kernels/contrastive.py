@@ -6,10 +6,19 @@ single process, the local slice under the distributed local-loss formulation); c
 Per block, with unit vectors â, v̂ and t the temperature:
     S1[i, j] = v̂_i · â_j / t   (visual -> audio),   S2[i, j] = â_i · v̂_j / t   (audio -> visual)
     loss_i   = 0.5 (lse_j S1[i, :] + lse_j S2[i, :]) - S1[i, row_start + i]   over kept i and kept j.
-Programs tile rows and stream column tiles with an online log-sum-exp: no (B, B) matrix is stored.
-Logit tiles are dots of the raw features accumulated over chunks of PC features, then scaled by the
-inverse norms (summed from the same chunks) and 1/t. Every load is upcast to fp32 (the interpreter's
-bf16 arithmetic is also wrong).
+The forward's programs tile rows and stream column tiles with an online log-sum-exp: no (B, B) matrix
+is stored. Logit tiles are dots of the raw features accumulated over chunks of features, then scaled
+by the inverse norms (summed in their own loop, so the dot loop holds only its operands) and 1/t. The
+backward uses S2 = S1ᵀ: one logit matrix carries both directions (see `contrastive_bwd_kernel`).
+
+Precision: dots take the inputs' own dtype (bf16/fp16 on the tensor cores) with fp32 accumulation;
+fp32 inputs use `input_precision` "ieee" or "tf32" (the `fp32_precision` argument). The backward's
+gradient dots cast the fp32 logit gradients to the input dtype, as flash-attention does. Norms,
+log-sum-exp, the loss and the gradients' accumulators are fp32.
+
+Tiles: `FORWARD_CONFIGS` / `BACKWARD_CONFIGS` per element size, chosen by `triton.autotune` keyed on
+(B, B_rows, P, precision) on a GPU; `SMALL` (per element size) under the interpreter and for problems
+under 64 rows; any config inside `_launch.pinned(contrastive_fwd=..., contrastive_bwd=...)`.
 """
 from __future__ import annotations
 
@@ -17,54 +26,56 @@ import torch
 import triton
 import triton.language as tl
 
-from maavt_fast.kernels._launch import block, dot_precisions, launch
+from maavt_fast.kernels._launch import TileConfig, autotuned, dot_precision, launch_tiled, mma, upcast_operands
 
 NEG_INIT = tl.constexpr(-1.0e30)  # finite start of the running max, so fully masked rows never compute inf - inf
-TILE = 16  # rows and columns per tile
-CHUNK = 64  # features per chunk (and per backward program): no register spills on sm_90 at 8 warps
+# Interpreter and tiny problems, per element size: 16 x 16 logit tiles (the smallest `tl.dot`), 64 features.
+SMALL = {2: TileConfig(16, 16, 64, 4, 2), 4: TileConfig(16, 16, 64, 4, 1)}
+TINY_ROWS = 64  # problems with fewer rows and columns than this run SMALL
+LOGIT_CHUNK = 64  # features per step of the backward's logit dots (its configs' `features` is the gradient chunk)
+# Per element size. bf16/fp16: tiles of 64 rows and more use Hopper's warpgroup MMA (wgmma). fp32 tiles are
+# smaller: "ieee" dots run on the FMA units and hold more registers. None spills on sm_90 (see _aot_check).
+FORWARD_CONFIGS = {
+    2: (TileConfig(32, 32, 64, 4, 3), TileConfig(64, 64, 64, 4, 3), TileConfig(128, 64, 64, 8, 3),
+        TileConfig(128, 128, 64, 8, 2)),
+    4: (TileConfig(32, 32, 32, 8, 2), TileConfig(64, 32, 32, 4, 2)),
+}
+BACKWARD_CONFIGS = {  # `features`: the gradient chunk per program (the logits are recomputed P / features times)
+    2: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 128, 8, 2), TileConfig(64, 64, 256, 8, 2)),
+    4: (TileConfig(32, 32, 64, 4, 2), TileConfig(64, 64, 64, 8, 2)),
+}
 
 
 @triton.jit
 def _load_chunk(base, idx, ok, feat, P, s_b, s_p):
-    """fp32 (len(idx), len(feat)) tile base[idx, feat], zero outside rows `ok` and features < P."""
+    """(len(idx), len(feat)) tile base[idx, feat] in the input dtype, zero outside rows `ok` and features < P."""
     mask = ok[:, None] & (feat < P)[None, :]
-    return tl.load(base + idx[:, None] * s_b + feat[None, :] * s_p, mask=mask, other=0.0).to(tl.float32)
+    return tl.load(base + idx[:, None] * s_b + feat[None, :] * s_p, mask=mask, other=0.0)
 
 
 @triton.jit
-def _inv_norm(sum_sq, NORMALIZE: tl.constexpr):
+def _inv_norms(base, idx, ok, P, s_b, s_p, N: tl.constexpr, PC: tl.constexpr, NORMALIZE: tl.constexpr):
+    """fp32 1 / max(|x|, 1e-12) of the N rows `idx` of base (1 without normalisation); its own loop over P,
+    so the dot loops keep only their operands live."""
     if NORMALIZE:
+        sum_sq = tl.zeros([N], tl.float32)
+        for p0 in range(0, P, PC):
+            x = _load_chunk(base, idx, ok, p0 + tl.arange(0, PC), P, s_b, s_p).to(tl.float32)
+            sum_sq += tl.sum(x * x, axis=1)
         return 1.0 / tl.maximum(tl.sqrt(sum_sq), 1e-12)
-    return sum_sq * 0.0 + 1.0
+    return tl.full([N], 1.0, tl.float32)
 
 
 @triton.jit
-def _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, inv_t,
-            BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, NORMALIZE: tl.constexpr, RAW: tl.constexpr):
-    """S1, S2 (BR, BC) tiles and the inverse norms of the row and column features of a and v."""
-    d1 = tl.zeros([BR, BC], tl.float32)
-    d2 = tl.zeros([BR, BC], tl.float32)
-    sq_ar = tl.zeros([BR], tl.float32)
-    sq_vr = tl.zeros([BR], tl.float32)
-    sq_ac = tl.zeros([BC], tl.float32)
-    sq_vc = tl.zeros([BC], tl.float32)
+def _logit_tile(x_base, y_base, rows, rows_ok, cols, cols_ok, P, s_xb, s_xp, s_yb, s_yp, scale_r, inv_c,
+                BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """(BR, BC) logits x[rows] · y[cols] * scale_r[:, None] * inv_c[None, :], the dot over chunks of PC features."""
+    acc = tl.zeros([BR, BC], tl.float32)
     for p0 in range(0, P, PC):
         feat = p0 + tl.arange(0, PC)
-        a_r = _load_chunk(a_base, rows, rows_ok, feat, P, s_ab, s_ap)
-        v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
-        a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
-        v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
-        d1 += tl.dot(v_r, tl.trans(a_c), input_precision=RAW)
-        d2 += tl.dot(a_r, tl.trans(v_c), input_precision=RAW)
-        sq_ar += tl.sum(a_r * a_r, axis=1)
-        sq_vr += tl.sum(v_r * v_r, axis=1)
-        sq_ac += tl.sum(a_c * a_c, axis=1)
-        sq_vc += tl.sum(v_c * v_c, axis=1)
-    inv_ar, inv_vr = _inv_norm(sq_ar, NORMALIZE), _inv_norm(sq_vr, NORMALIZE)
-    inv_ac, inv_vc = _inv_norm(sq_ac, NORMALIZE), _inv_norm(sq_vc, NORMALIZE)
-    s1 = d1 * (inv_vr * inv_t)[:, None] * inv_ac[None, :]
-    s2 = d2 * (inv_ar * inv_t)[:, None] * inv_vc[None, :]
-    return s1, s2, inv_ar, inv_vr, inv_ac, inv_vc
+        acc = mma(_load_chunk(x_base, rows, rows_ok, feat, P, s_xb, s_xp),
+                  tl.trans(_load_chunk(y_base, cols, cols_ok, feat, P, s_yb, s_yp)), acc, PRECISION, UPCAST)
+    return acc * scale_r[:, None] * inv_c[None, :]
 
 
 @triton.jit
@@ -76,12 +87,12 @@ def _online_lse(m, l, s):
 
 
 @triton.jit
-def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, part_ptr,
-                           B, B_rows, P, row_start, n_row_tiles,
+def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, loss_ptr,
+                           B, B_rows, P, row_start,
                            s_al, s_ab, s_ap, s_vl, s_vb, s_vp, s_t,
-                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr,
-                           NORMALIZE: tl.constexpr, RAW: tl.constexpr):
-    """Grid (row tiles, L). Writes lse1/lse2 (L, B_rows) (0 for background rows) and per-tile loss sums."""
+                           NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr):
+    """Grid (row tiles, L). Writes lse1, lse2 and the row losses (L, B_rows), 0 for background rows."""
     tile = tl.program_id(0)
     blk = tl.program_id(1).to(tl.int64)
     a_base = a_ptr + blk * s_al
@@ -96,73 +107,89 @@ def contrastive_fwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
     l1 = tl.zeros([BR], tl.float32)
     l2 = tl.zeros([BR], tl.float32)
     pos = tl.zeros([BR], tl.float32)
+    scale_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, PC, NORMALIZE) * inv_t
+    scale_ar = _inv_norms(a_base, rows, rows_ok, P, s_ab, s_ap, BR, PC, NORMALIZE) * inv_t
     for c0 in range(0, B, BC):
         cols = c0 + tl.arange(0, BC)
-        keep_c = tl.load(keep_ptr + cols, mask=cols < B, other=0) != 0
-        s1, s2, _, _, _, _ = _logits(a_base, v_base, rows, rows_ok, cols, cols < B, P, s_ab, s_ap, s_vb, s_vp,
-                                     inv_t, BR, BC, PC, NORMALIZE, RAW)
+        cols_ok = cols < B
+        keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
+        inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, PC, NORMALIZE)
+        s1 = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, scale_vr, inv_ac,
+                         BR, BC, PC, PRECISION, UPCAST)
         pos += tl.sum(tl.where(rows[:, None] == cols[None, :], s1, 0.0), axis=1)
         m1, l1 = _online_lse(m1, l1, tl.where(keep_c[None, :], s1, float("-inf")))
+        inv_vc = _inv_norms(v_base, cols, cols_ok, P, s_vb, s_vp, BC, PC, NORMALIZE)
+        s2 = _logit_tile(a_base, v_base, rows, rows_ok, cols, cols_ok, P, s_ab, s_ap, s_vb, s_vp, scale_ar, inv_vc,
+                         BR, BC, PC, PRECISION, UPCAST)
         m2, l2 = _online_lse(m2, l2, tl.where(keep_c[None, :], s2, float("-inf")))
     lse1 = tl.where(keep_r, m1 + tl.log(tl.where(keep_r, l1, 1.0)), 0.0)  # background rows: 0, never log(0)
     lse2 = tl.where(keep_r, m2 + tl.log(tl.where(keep_r, l2, 1.0)), 0.0)
     tl.store(lse1_ptr + blk * B_rows + local, lse1, mask=rows_ok)
     tl.store(lse2_ptr + blk * B_rows + local, lse2, mask=rows_ok)
     loss = tl.where(keep_r, 0.5 * (lse1 + lse2) - pos, 0.0)
-    tl.store(part_ptr + blk * n_row_tiles + tile, tl.sum(loss, axis=0))
+    tl.store(loss_ptr + blk * B_rows + local, loss, mask=rows_ok)
 
 
 @triton.jit
-def _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c):
-    """dloss/dS1 and dloss/dS2 of a tile: w_i (softmax - [j == i]), zero outside kept pairs."""
-    pair = keep_r[:, None] & keep_c[None, :]
+def _loss_side(keep_ptr, lse_ptr, blk, idx, ok, row_start, B_rows, half_g):
+    """Keep flags of the features `idx`, and for those that are loss rows of this rank (row_start <= idx <
+    row_start + B_rows) their saved log-sum-exp and loss weight; weight 0 elsewhere."""
+    keep = tl.load(keep_ptr + idx, mask=ok, other=0) != 0
+    local = idx - row_start
+    is_row = ok & (local >= 0) & (local < B_rows)
+    lse = tl.load(lse_ptr + blk * B_rows + local, mask=is_row, other=0.0)
+    return keep, lse, tl.where(is_row & keep, half_g, 0.0)
+
+
+@triton.jit
+def _pair_grad(s, rows, cols, keep_r, keep_c, lse1_r, w_r, lse2_c, w_c):
+    """dloss/dS1 of the tile S1[rows, cols] = v̂_rows · â_cols / t as two terms: the v->a softmax of the loss
+    rows `rows` and the a->v softmax of the loss rows `cols` (S2 = S1ᵀ); zero outside kept pairs and loss rows."""
     eye = tl.where(rows[:, None] == cols[None, :], 1.0, 0.0)
-    g1 = tl.where(pair, w[:, None] * (tl.exp(s1 - lse1[:, None]) - eye), 0.0)
-    g2 = tl.where(pair, w[:, None] * (tl.exp(s2 - lse2[:, None]) - eye), 0.0)
+    pair = keep_r[:, None] & keep_c[None, :]
+    g1 = tl.where(pair & (w_r[:, None] != 0.0), w_r[:, None] * (tl.exp(s - lse1_r[:, None]) - eye), 0.0)
+    g2 = tl.where(pair & (w_c[None, :] != 0.0), w_c[None, :] * (tl.exp(s - lse2_c[None, :]) - eye), 0.0)
     return g1, g2
 
 
 @triton.jit
-def _add_grad(d_ptr, base, idx, ok, feat, P, s_b, s_p, inv, acc, coef, inv_t, NORMALIZE: tl.constexpr):
-    """Atomically add the raw-feature gradient of rows `idx`, features `feat` into the fp32 (B, P) d_ptr.
+def _store_grad(d_ptr, base, idx, ok, feat, P, s_b, s_p, inv, acc, coef, inv_t, NORMALIZE: tl.constexpr):
+    """Store the raw-feature gradient of rows `idx`, features `feat` into the contiguous (B, P) d_ptr.
 
     acc * inv_t is dloss/d(unit vector) on these features and coef = unit vector · dloss/d(unit vector)
     (from the logits, so no program needs all P features): d raw = inv (g - unit * coef).
     """
     g = acc * inv_t
     if NORMALIZE:
-        unit = _load_chunk(base, idx, ok, feat, P, s_b, s_p) * inv[:, None]
+        unit = _load_chunk(base, idx, ok, feat, P, s_b, s_p).to(tl.float32) * inv[:, None]
         g = (g - unit * coef[:, None]) * inv[:, None]
-    tl.atomic_add(d_ptr + idx[:, None] * P + feat[None, :], g, mask=ok[:, None] & (feat < P)[None, :])
+    tl.store(d_ptr + idx[:, None] * P + feat[None, :], g.to(d_ptr.dtype.element_ty),
+             mask=ok[:, None] & (feat < P)[None, :])
 
 
 @triton.jit
-def _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, local, row_start, B_rows, half_g):
-    """Loss rows `local` of this rank: global index, validity, keep flag, saved lse1/lse2, loss weight."""
-    rows = row_start + local
-    rows_ok = local < B_rows
-    keep_r = tl.load(keep_ptr + rows, mask=rows_ok, other=0) != 0
-    lse1 = tl.load(lse1_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
-    lse2 = tl.load(lse2_ptr + blk * B_rows + local, mask=rows_ok, other=0.0)
-    return rows, rows_ok, keep_r, lse1, lse2, tl.where(keep_r, half_g, 0.0)
+def _partner_range(start, N: tl.constexpr, B, row_start, B_rows):
+    """Partner index range of a tile [start, start + N): all B when it holds loss rows of this rank, else
+    only the loss rows (elsewhere both sides have weight 0 and the gradient vanishes)."""
+    holds_rows = (start < row_start + B_rows) & (start + N > row_start)
+    return tl.where(holds_rows, 0, row_start), tl.where(holds_rows, B, row_start + B_rows)
 
 
 @triton.jit
 def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr, gscale_ptr,
                            da_ptr, dv_ptr, dtemp_ptr,
-                           B, B_rows, P, row_start, n_row_tiles,
+                           B, B_rows, P, row_start,
                            s_al, s_ab, s_ap, s_vl, s_vb, s_vp, s_t,
-                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr,
-                           NORMALIZE: tl.constexpr, RAW: tl.constexpr, MIX: tl.constexpr):
-    """Grid (row tiles + column tiles, feature chunks, L).
+                           NORMALIZE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                           BR: tl.constexpr, BC: tl.constexpr, PC: tl.constexpr, KC: tl.constexpr):
+    """Grid (row tiles + column tiles of all B, gradient chunks of PC features, L).
 
-    Row programs own the gradient of each loss row's own features (v_i through S1, a_i through S2)
-    and the temperature partial sums; column programs own the gradient through the columns (a_j via
-    S1, v_j via S2). Each program recomputes its logit tiles over all features and accumulates one
-    chunk of PC features of the gradient. Both add into the zeroed fp32 da/dv (L, B, P) with atomics:
-    every element gets one row and at most one column contribution, and a two-term sum onto 0 is
-    order independent, so the result is deterministic. `gscale` (L,) is the upstream gradient of
-    each block / the kept count.
+    One logit matrix S1 = V̂ Âᵀ / t carries both directions (S2 = S1ᵀ), so with H = dloss/dS1 (`_pair_grad`)
+    dV̂ = H Â / t and dÂ = Hᵀ V̂ / t. Row programs own dv of BR rows, column programs da of BC columns,
+    each for PC features: every gradient element has one owner, stored once in the input dtype (no
+    atomics, deterministic). Each program recomputes its S1 tiles over all P features in chunks of KC.
+    `gscale` (L,) is the upstream gradient of each block / the kept count; dtemp (L, B) gets per-row
+    shares of the temperature gradient.
     """
     tile = tl.program_id(0)
     feat = tl.program_id(1) * PC + tl.arange(0, PC)
@@ -173,108 +200,106 @@ def contrastive_bwd_kernel(a_ptr, v_ptr, keep_ptr, temp_ptr, lse1_ptr, lse2_ptr,
     dv_ptr += blk * B * P
     inv_t = 1.0 / tl.load(temp_ptr + blk * s_t).to(tl.float32)
     half_g = 0.5 * tl.load(gscale_ptr + blk)
+    n_row_tiles = tl.cdiv(B, BR)
     if tile < n_row_tiles:
-        local = tile * BR + tl.arange(0, BR)
-        rows, rows_ok, keep_r, lse1, lse2, w = _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, local, row_start, B_rows,
-                                                         half_g)
-        acc_v = tl.zeros([BR, PC], tl.float32)
-        acc_a = tl.zeros([BR, PC], tl.float32)
-        coef_v = tl.zeros([BR], tl.float32)
-        coef_a = tl.zeros([BR], tl.float32)
-        inv_ar = tl.zeros([BR], tl.float32)
-        inv_vr = tl.zeros([BR], tl.float32)
-        for c0 in range(0, B, BC):
+        rows = tile * BR + tl.arange(0, BR)
+        rows_ok = rows < B
+        keep_r, lse1_r, w_r = _loss_side(keep_ptr, lse1_ptr, blk, rows, rows_ok, row_start, B_rows, half_g)
+        inv_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, KC, NORMALIZE)
+        acc = tl.zeros([BR, PC], tl.float32)
+        coef = tl.zeros([BR], tl.float32)
+        tsum = tl.zeros([BR], tl.float32)
+        lo, hi = _partner_range(tile * BR, BR, B, row_start, B_rows)
+        for c0 in range(lo, hi, BC):
             cols = c0 + tl.arange(0, BC)
             cols_ok = cols < B
-            keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
-            s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
-                                                             s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
-                                                             RAW)
-            g1, g2 = _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c)
-            coef_v += tl.sum(g1 * s1, axis=1)
-            coef_a += tl.sum(g2 * s2, axis=1)
+            keep_c, lse2_c, w_c = _loss_side(keep_ptr, lse2_ptr, blk, cols, cols_ok, row_start, B_rows, half_g)
+            inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, KC, NORMALIZE)
+            s = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, inv_vr * inv_t,
+                            inv_ac, BR, BC, KC, PRECISION, UPCAST)
+            g1, g2 = _pair_grad(s, rows, cols, keep_r, keep_c, lse1_r, w_r, lse2_c, w_c)
+            h = g1 + g2
+            coef += tl.sum(h * s, axis=1)
+            # the same sum for the temperature, less cancellation: each softmax term sums to 0, so shift S by its lse
+            tsum += tl.sum(g1 * (s - lse1_r[:, None]) + g2 * (s - lse2_c[None, :]), axis=1)
             a_c = _load_chunk(a_base, cols, cols_ok, feat, P, s_ab, s_ap)
-            v_c = _load_chunk(v_base, cols, cols_ok, feat, P, s_vb, s_vp)
-            acc_v += tl.dot(g1 * inv_ac[None, :], a_c, input_precision=MIX)
-            acc_a += tl.dot(g2 * inv_vc[None, :], v_c, input_precision=MIX)
+            acc = mma(h * inv_ac[None, :], a_c, acc, PRECISION, UPCAST)  # h cast to a_c's dtype
         if tl.program_id(1) == 0:
-            # dS/dt = -S/t  ->  dloss/dt = -(1/t) sum(g * S)
-            tl.store(dtemp_ptr + blk * n_row_tiles + tile, -tl.sum(coef_v + coef_a, axis=0) * inv_t)
-        _add_grad(dv_ptr, v_base, rows, rows_ok, feat, P, s_vb, s_vp, inv_vr, acc_v, coef_v, inv_t, NORMALIZE)
-        _add_grad(da_ptr, a_base, rows, rows_ok, feat, P, s_ab, s_ap, inv_ar, acc_a, coef_a, inv_t, NORMALIZE)
+            # dS/dt = -S/t  ->  dloss/dt = -(1/t) sum(H * S)
+            tl.store(dtemp_ptr + blk * B + rows, -tsum * inv_t, mask=rows_ok)
+        _store_grad(dv_ptr, v_base, rows, rows_ok, feat, P, s_vb, s_vp, inv_vr, acc, coef, inv_t, NORMALIZE)
     else:
         cols = (tile - n_row_tiles) * BC + tl.arange(0, BC)
         cols_ok = cols < B
-        keep_c = tl.load(keep_ptr + cols, mask=cols_ok, other=0) != 0
-        acc_a = tl.zeros([BC, PC], tl.float32)
-        acc_v = tl.zeros([BC, PC], tl.float32)
-        coef_a = tl.zeros([BC], tl.float32)
-        coef_v = tl.zeros([BC], tl.float32)
-        inv_ac = tl.zeros([BC], tl.float32)
-        inv_vc = tl.zeros([BC], tl.float32)
-        for r0 in range(0, B_rows, BR):
-            rows, rows_ok, keep_r, lse1, lse2, w = _row_tile(keep_ptr, lse1_ptr, lse2_ptr, blk, r0 + tl.arange(0, BR),
-                                                             row_start, B_rows, half_g)
-            s1, s2, inv_ar, inv_vr, inv_ac, inv_vc = _logits(a_base, v_base, rows, rows_ok, cols, cols_ok, P,
-                                                             s_ab, s_ap, s_vb, s_vp, inv_t, BR, BC, PC, NORMALIZE,
-                                                             RAW)
-            g1, g2 = _logit_grads(s1, s2, lse1, lse2, w, rows, cols, keep_r, keep_c)
-            coef_a += tl.sum(g1 * s1, axis=0)
-            coef_v += tl.sum(g2 * s2, axis=0)
+        keep_c, lse2_c, w_c = _loss_side(keep_ptr, lse2_ptr, blk, cols, cols_ok, row_start, B_rows, half_g)
+        inv_ac = _inv_norms(a_base, cols, cols_ok, P, s_ab, s_ap, BC, KC, NORMALIZE)
+        acc_c = tl.zeros([BC, PC], tl.float32)  # own names: with BR != BC the shapes differ from the row branch
+        coef_c = tl.zeros([BC], tl.float32)
+        lo, hi = _partner_range((tile - n_row_tiles) * BC, BC, B, row_start, B_rows)
+        for r0 in range(lo, hi, BR):
+            rows = r0 + tl.arange(0, BR)
+            rows_ok = rows < B
+            keep_r, lse1_r, w_r = _loss_side(keep_ptr, lse1_ptr, blk, rows, rows_ok, row_start, B_rows, half_g)
+            inv_vr = _inv_norms(v_base, rows, rows_ok, P, s_vb, s_vp, BR, KC, NORMALIZE)
+            s = _logit_tile(v_base, a_base, rows, rows_ok, cols, cols_ok, P, s_vb, s_vp, s_ab, s_ap, inv_vr * inv_t,
+                            inv_ac, BR, BC, KC, PRECISION, UPCAST)
+            g1, g2 = _pair_grad(s, rows, cols, keep_r, keep_c, lse1_r, w_r, lse2_c, w_c)
+            h = g1 + g2
+            coef_c += tl.sum(h * s, axis=0)
             v_r = _load_chunk(v_base, rows, rows_ok, feat, P, s_vb, s_vp)
-            a_r = _load_chunk(a_base, rows, rows_ok, feat, P, s_ab, s_ap)
-            acc_a += tl.dot(tl.trans(g1 * inv_vr[:, None]), v_r, input_precision=MIX)
-            acc_v += tl.dot(tl.trans(g2 * inv_ar[:, None]), a_r, input_precision=MIX)
-        _add_grad(da_ptr, a_base, cols, cols_ok, feat, P, s_ab, s_ap, inv_ac, acc_a, coef_a, inv_t, NORMALIZE)
-        _add_grad(dv_ptr, v_base, cols, cols_ok, feat, P, s_vb, s_vp, inv_vc, acc_v, coef_v, inv_t, NORMALIZE)
+            acc_c = mma(tl.trans(h * inv_vr[:, None]), v_r, acc_c, PRECISION, UPCAST)
+        _store_grad(da_ptr, a_base, cols, cols_ok, feat, P, s_ab, s_ap, inv_ac, acc_c, coef_c, inv_t, NORMALIZE)
 
 
-def _tiles(B: int, B_rows: int, P: int) -> tuple[int, int, int]:
-    """(row tile, column tile, feature chunk)."""
-    return block(B_rows, maximum=TILE), block(B, maximum=TILE), block(P, maximum=CHUNK)
+_FORWARD_TUNED = autotuned(contrastive_fwd_kernel, FORWARD_CONFIGS, ["B", "B_rows", "P", "PRECISION"], "a_ptr")
+_BACKWARD_TUNED = autotuned(contrastive_bwd_kernel, BACKWARD_CONFIGS, ["B", "B_rows", "P", "PRECISION"], "a_ptr")
 
 
 def _strides(audio: torch.Tensor, visual: torch.Tensor, temperature: torch.Tensor) -> tuple[int, ...]:
     return (*audio.stride(), *visual.stride(), 0 if temperature.numel() == 1 else temperature.stride(0))
 
 
+def _precision(audio: torch.Tensor, normalize: bool, fp32_precision: str) -> dict:
+    """The kernels' dtype constexprs."""
+    return dict(NORMALIZE=normalize, PRECISION=dot_precision(audio.dtype, fp32_precision),
+                UPCAST=upcast_operands(audio.dtype))
+
+
 def contrastive_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
-                        row_start: int, row_count: int, normalize: bool
+                        row_start: int, row_count: int, normalize: bool, fp32_precision: str = "ieee"
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One launch for all blocks. audio, visual (L, B, P); keep (B,) uint8; temperature () or (L,) fp32.
 
     Returns (per-block sums of the row losses (L,), lse1 (L, row_count), lse2 (L, row_count)), fp32.
     """
     L, B, P = audio.shape
-    BR, BC, PC = _tiles(B, row_count, P)
-    n_row_tiles = triton.cdiv(row_count, BR)
     lse1 = torch.empty(L, row_count, device=audio.device, dtype=torch.float32)
     lse2 = torch.empty_like(lse1)
-    partial = torch.empty(L, n_row_tiles, device=audio.device, dtype=torch.float32)
-    raw, _ = dot_precisions(audio.dtype)
-    launch("contrastive_fwd", contrastive_fwd_kernel, (n_row_tiles, L),
-           audio, visual, keep, temperature, lse1, lse2, partial, B, row_count, P, row_start, n_row_tiles,
-           *_strides(audio, visual, temperature), BR=BR, BC=BC, PC=PC, NORMALIZE=normalize, RAW=raw, num_warps=8)
-    return partial.sum(1), lse1, lse2
+    losses = torch.empty_like(lse1)
+    launch_tiled("contrastive_fwd", contrastive_fwd_kernel, _FORWARD_TUNED, SMALL[audio.element_size()],
+                 max(B, row_count) < TINY_ROWS,
+                 lambda meta: (triton.cdiv(row_count, meta["BR"]), L),
+                 audio, visual, keep, temperature, lse1, lse2, losses, B, row_count, P, row_start,
+                 *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision))
+    return losses.sum(1), lse1, lse2
 
 
 def contrastive_backward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
                          lse1: torch.Tensor, lse2: torch.Tensor, gscale: torch.Tensor, row_start: int,
-                         normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         normalize: bool, fp32_precision: str = "ieee"
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One launch for all blocks; gscale (L,) fp32 = upstream gradient per block / kept count.
 
     Returns (d audio, d visual) in the input dtype and the per-block temperature gradient (L,) fp32.
     """
     L, B, P = audio.shape
     row_count = lse1.shape[1]
-    BR, BC, PC = _tiles(B, row_count, P)
-    n_row_tiles = triton.cdiv(row_count, BR)
-    da = torch.zeros(L, B, P, device=audio.device, dtype=torch.float32)
-    dv = torch.zeros_like(da)
-    dtemp = torch.empty(L, n_row_tiles, device=audio.device, dtype=torch.float32)
-    raw, mix = dot_precisions(audio.dtype)
-    launch("contrastive_bwd", contrastive_bwd_kernel, (n_row_tiles + triton.cdiv(B, BC), triton.cdiv(P, PC), L),
-           audio, visual, keep, temperature, lse1, lse2, gscale, da, dv, dtemp, B, row_count, P, row_start,
-           n_row_tiles, *_strides(audio, visual, temperature), BR=BR, BC=BC, PC=PC, NORMALIZE=normalize,
-           RAW=raw, MIX=mix, num_warps=8)
-    return da.to(audio.dtype), dv.to(visual.dtype), dtemp.sum(1)
+    da = torch.empty(L, B, P, device=audio.device, dtype=audio.dtype)
+    dv = torch.empty(L, B, P, device=visual.device, dtype=visual.dtype)
+    dtemp = torch.empty(L, B, device=audio.device, dtype=torch.float32)
+    launch_tiled("contrastive_bwd", contrastive_bwd_kernel, _BACKWARD_TUNED, SMALL[audio.element_size()],
+                 max(B, row_count) < TINY_ROWS,
+                 lambda meta: (triton.cdiv(B, meta["BR"]) + triton.cdiv(B, meta["BC"]), triton.cdiv(P, meta["PC"]), L),
+                 audio, visual, keep, temperature, lse1, lse2, gscale, da, dv, dtemp, B, row_count, P, row_start,
+                 *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision), KC=LOGIT_CHUNK)
+    return da, dv, dtemp.sum(1)

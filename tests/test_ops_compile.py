@@ -94,10 +94,33 @@ def test_compiled_reference_path_needs_no_kernels():
 
 
 def test_kernels_compile_for_hopper_without_a_gpu():
-    """The interpreter accepts code the GPU compiler rejects: compile every kernel for sm_90 (PTX + cubin)."""
+    """The interpreter accepts code the GPU compiler rejects: compile every kernel for sm_90 (PTX + cubin).
+
+    Quick mode of the compile check: the largest contrastive configs and group attention in bf16 and fp16;
+    none may spill registers and the large contrastive tiles must use wgmma (the CLI checks every config).
+    """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import torch; from maavt_fast.kernels._aot_check import compile_all\n"
-            "print(len(compile_all(90, (torch.bfloat16, torch.float32))))")
+    code = ("import torch; from maavt_fast.kernels._aot_check import check, problems, table\n"
+            "rows = check(90, (torch.bfloat16, torch.float16), quick=True)\n"
+            "print(table(rows)); print('PROBLEMS', problems(rows))\n"
+            "print(sum(r.needs_wgmma() for r in rows), len(rows))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split()[-1] == "10"  # 5 kernels x 2 dtypes
+    assert "PROBLEMS []" in out.stdout, out.stdout
+    needs_wgmma, compiled = out.stdout.split()[-2:]
+    assert needs_wgmma == "4"  # forward and backward, bf16 and fp16
+    assert compiled == "10"  # 5 kernels x 2 dtypes
+
+
+def test_autotuner_offers_the_configs_of_the_input_dtype():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = ("import torch; from maavt_fast.kernels import contrastive as c\n"
+            "for dt in (torch.bfloat16, torch.float32):\n"
+            "    tuned = c._FORWARD_TUNED\n"
+            "    kept = tuned.early_config_prune(tuned.configs, {'a_ptr': torch.empty(0, dtype=dt)})\n"
+            "    print(len(kept), len(c.FORWARD_CONFIGS[torch.empty(0, dtype=dt).element_size()]))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for line in out.stdout.splitlines():
+        kept, expected = line.split()
+        assert kept == expected

@@ -9,14 +9,21 @@ import os
 import subprocess
 import sys
 
+import itertools
+
 import pytest
 import torch
 
-from maavt_fast.kernels._launch import LAUNCHES
+from maavt_fast.kernels import contrastive
+from maavt_fast.kernels._launch import LAUNCHES, TileConfig, describe, pinned
 from maavt_fast.ops import blockwise_contrastive_loss, blockwise_contrastive_loss_reference
 
-# Tolerance per input dtype (atol = rtol) against the reference computed in fp64 on the same inputs.
+# Tolerance per input dtype (atol = rtol) against the reference computed in fp64 on the same inputs. The
+# kernels' dots take bf16/fp16 operands (the backward rounds the logit gradients to them, as flash-attention
+# does), so their error is a few units of the dtype's rounding; fp32 ("ieee") is exact up to fp32 sums.
+# Under the interpreter bf16 dots run on widened operands (exact products), so bf16 rounding is tested too.
 TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+TF32_TOL = 2e-3  # fp32 inputs with fp32_precision="tf32": 10-bit mantissa products on a GPU
 
 
 def _features(L, B, P, dtype, device, seed=0):
@@ -46,18 +53,18 @@ def _loss_and_grads(fn, audio, visual, temperature, upstream, **kwargs):
     return loss, torch.autograd.grad((loss * upstream).sum(), leaves)
 
 
-def _compare(audio, visual, keep, temperature=0.07, normalize=True, dtype=torch.float32):
+def _compare(audio, visual, keep, temperature=0.07, normalize=True, dtype=torch.float32, tol=None, **kwargs):
     upstream = torch.linspace(0.5, 1.5, audio.shape[0], device=audio.device)
     before = LAUNCHES.copy()
     got, got_grads = _loss_and_grads(blockwise_contrastive_loss, audio, visual, temperature, upstream,
-                                     keep=keep, normalize=normalize, impl="triton")
+                                     keep=keep, normalize=normalize, impl="triton", **kwargs)
     assert LAUNCHES["contrastive_fwd"] == before["contrastive_fwd"] + 1
     assert LAUNCHES["contrastive_bwd"] == before["contrastive_bwd"] + 1
     if isinstance(temperature, torch.Tensor):
         temperature = temperature.double()
     want, want_grads = _loss_and_grads(blockwise_contrastive_loss_reference, audio.double(), visual.double(),
                                        temperature, upstream.double(), keep=keep, normalize=normalize)
-    tol = TOL[dtype]
+    tol = tol or TOL[dtype]
     torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
     assert got_grads[0].dtype == got_grads[1].dtype == dtype
     for g, w in zip(got_grads, want_grads):
@@ -65,11 +72,63 @@ def _compare(audio, visual, keep, temperature=0.07, normalize=True, dtype=torch.
     return got, got_grads
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("L,B,P", [(1, 1, 20), (1, 3, 37), (3, 7, 50), (2, 33, 24), (2, 9, 300)])
 def test_matches_reference(device, L, B, P, dtype):
     audio, visual = _features(L, B, P, dtype, device)
     _compare(audio, visual, _keep(B, "random", device), dtype=dtype)
+
+
+def _config_pairs():
+    """(dtype, forward config, backward config): every config of both autotune sets at least once."""
+    for size, dtype in ((2, torch.float16), (4, torch.float32)):
+        pairs = itertools.zip_longest(contrastive.FORWARD_CONFIGS[size], contrastive.BACKWARD_CONFIGS[size])
+        for forward, backward in pairs:
+            forward, backward = forward or contrastive.SMALL[size], backward or contrastive.SMALL[size]
+            yield pytest.param(dtype, forward, backward, id=f"{dtype}-{describe(forward)}-{describe(backward)}")
+
+
+@pytest.mark.parametrize("dtype,forward,backward", list(_config_pairs()))
+def test_every_tile_config(device, dtype, forward, backward):
+    """Each autotune candidate is correct: several row/column tiles and feature chunks, ragged edges."""
+    audio, visual = _features(2, 70, 150, dtype, device)
+    with pinned(contrastive_fwd=forward, contrastive_bwd=backward):
+        _compare(audio, visual, _keep(70, "random", device), dtype=dtype)
+
+
+def test_distributed_rows_with_large_tiles(device):
+    """A rank's loss rows inside larger tiles: the backward's partner ranges start mid-tile."""
+    from maavt_fast.kernels.contrastive import contrastive_backward, contrastive_forward
+    audio, visual = _features(1, 70, 40, torch.float32, device)
+    keep = _keep(70, "random", device)
+    big = TileConfig(64, 64, 64, 8, 2)
+    ref = [audio.double().requires_grad_(), visual.double().requires_grad_()]
+    want = blockwise_contrastive_loss_reference(*ref, keep, 0.1, reduction="none", row_start=35, row_count=20)
+    want_grads = torch.autograd.grad(want.sum(), ref)
+    temp, k = torch.tensor(0.1, device=device), keep.view(torch.uint8)
+    with pinned(contrastive_fwd=big, contrastive_bwd=big):
+        sums, lse1, lse2 = contrastive_forward(audio, visual, k, temp, 35, 20, True)
+        da, dv, _ = contrastive_backward(audio, visual, k, temp, lse1, lse2, 1 / keep.sum().float().reshape(1), 35,
+                                         True)
+    torch.testing.assert_close(sums.double() / keep.sum(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(da.double(), want_grads[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dv.double(), want_grads[1], atol=1e-5, rtol=1e-5)
+
+
+def test_tf32_precision_for_fp32_inputs(device):
+    audio, visual = _features(2, 9, 40, torch.float32, device)
+    _compare(audio, visual, _keep(9, "random", device), tol=TF32_TOL, fp32_precision="tf32")
+
+
+def test_pinned_configs_are_restored_and_described():
+    config = TileConfig(64, 32, 128, 8, 3)
+    assert describe(config) == "64x32x128 w8 s3"
+    with pinned(contrastive_fwd=config):
+        with pinned(contrastive_bwd=contrastive.SMALL[2]):
+            from maavt_fast.kernels._launch import _pinned
+            assert _pinned == {"contrastive_fwd": config, "contrastive_bwd": contrastive.SMALL[2]}
+        assert _pinned == {"contrastive_fwd": config}
+    assert _pinned == {}
 
 
 @pytest.mark.parametrize("pattern", ["all", "one"])
@@ -126,6 +185,7 @@ def test_auto_runs_the_reference_on_cpu():
     (dict(reduction="sum"), "reduction must be"),
     (dict(keep=torch.ones(4, dtype=torch.bool)), "keep must be a bool tensor of shape"),
     (dict(temperature=torch.ones(2)), "temperature must be"),
+    (dict(fp32_precision="tf32x3"), "fp32_precision must be one of"),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, message):
     audio, visual = _features(3, 5, 8, torch.float32, "cpu")

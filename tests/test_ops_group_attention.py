@@ -11,8 +11,12 @@ import torch
 from maavt_fast.kernels._launch import LAUNCHES
 from maavt_fast.ops import GroupAttention, group_attention, group_attention_reference
 
-# Tolerance per input dtype (atol = rtol) against the reference computed in fp64 on the same inputs.
-TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+# Tolerance per input dtype (atol = rtol) against the reference computed in fp64 on the same inputs. The
+# kernels' dots run in the input dtype, so q, k, v, the probabilities and the gradient scratch are rounded
+# to it (as flash-attention does): about ten units of the dtype's rounding (2^-11 fp16, 2^-8 bf16). Under
+# the interpreter bf16 dots run on widened operands (exact products), so the bf16 roundings are tested too.
+TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+TF32_TOL = 5e-3  # fp32 inputs with fp32_precision="tf32": 10-bit mantissa products on a GPU
 KERNELS = ("group_attention_fwd", "group_attention_bwd", "group_attention_wgrad")
 
 
@@ -30,24 +34,33 @@ def _out_and_grads(fn, tensors, upstream, num_heads, **kwargs):
     return out, torch.autograd.grad(out, leaves, upstream.to(out.dtype))
 
 
-def _compare(tensors, num_heads, dtype=torch.float32):
+def _compare(tensors, num_heads, dtype=torch.float32, tol=None, **kwargs):
     # upstream gradient in the input dtype, so both sides see the same values
     upstream = torch.randn(tensors[0].shape, generator=torch.Generator().manual_seed(1)).to(tensors[0].device, dtype)
     before = LAUNCHES.copy()
-    got, got_grads = _out_and_grads(group_attention, tensors, upstream, num_heads, impl="triton")
+    got, got_grads = _out_and_grads(group_attention, tensors, upstream, num_heads, impl="triton", **kwargs)
     assert all(LAUNCHES[k] == before[k] + 1 for k in KERNELS)
     want, want_grads = _out_and_grads(group_attention_reference, [t.double() for t in tensors], upstream, num_heads)
-    tol = TOL[dtype]
+    tol = tol or TOL[dtype]
     assert got.dtype == dtype and all(g.dtype == dtype for g in got_grads)
     torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g.double(), w, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("G,M,n,D,heads", [(1, 1, 1, 16, 1), (3, 1, 5, 48, 4), (2, 3, 17, 40, 2), (1, 2, 5, 24, 3)])
 def test_matches_reference(device, G, M, n, D, heads, dtype):
     _compare(_inputs(G, M, n, D, dtype, device), heads, dtype)
+
+
+def test_tf32_precision_for_fp32_inputs(device):
+    _compare(_inputs(2, 2, 5, 32, torch.float32, device), 2, tol=TF32_TOL, fp32_precision="tf32")
+
+
+def test_bad_fp32_precision():
+    with pytest.raises(ValueError, match="fp32_precision must be one of"):
+        group_attention(*_inputs(1, 1, 5, 16, torch.float32, "cpu"), 2, fp32_precision="bf16")
 
 
 def test_non_contiguous_inputs(device):

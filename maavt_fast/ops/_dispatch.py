@@ -38,6 +38,14 @@ _LAUNCH = load_kernels("_launch")
 INTERPRETED: bool = _LAUNCH is not None and _LAUNCH.INTERPRETED
 
 
+FP32_PRECISIONS = ("ieee", "tf32")  # dots of the Triton kernels on fp32 inputs: exact fp32 or TF32 tensor cores
+
+
+def check_fp32_precision(fp32_precision: str) -> None:
+    if fp32_precision not in FP32_PRECISIONS:
+        raise ValueError(f"fp32_precision must be one of {FP32_PRECISIONS}; got {fp32_precision!r}")
+
+
 def unsupported_dtype(dtype: torch.dtype) -> str | None:
     """The fallback reason for an input dtype the kernels do not take, else None."""
     return None if dtype in KERNEL_DTYPES else f"{dtype} inputs"

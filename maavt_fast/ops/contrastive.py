@@ -6,6 +6,8 @@ excluded from both sides). Value per block: symmetric InfoNCE of `visual @ audio
 kept rows; `reduction="mean"` averages the L block losses, `"none"` returns them `(L,)`. The temperature
 is a float or a tensor of shape `()` or `(L,)` (then it can be learnable); `logit_scale` (OpenCLIP's
 multiplier, `1 / temperature`) can be given instead. The loss is computed in fp32 also under autocast.
+`fp32_precision` ("ieee" | "tf32") sets the Triton kernels' dots for fp32 inputs; bf16/fp16 inputs always
+use their own dtype on the tensor cores with fp32 accumulation (norms, log-sum-exp and loss in fp32).
 
 Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.contrastive`)
 behind the `torch.library` custom ops `maavt::blockwise_contrastive_fwd/_bwd`.
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 
 from maavt_fast.ops import distributed
 from maavt_fast.ops._arguments import as_blocks, autocast_off, temperature_of
-from maavt_fast.ops._dispatch import load_kernels, unsupported_dtype, use_triton
+from maavt_fast.ops._dispatch import check_fp32_precision, load_kernels, unsupported_dtype, use_triton
 
 _KERNELS = load_kernels("contrastive")
 
@@ -92,16 +94,16 @@ def _temperature_tensor(temperature: float | torch.Tensor, blocks: int, device: 
 
 @torch.library.custom_op("maavt::blockwise_contrastive_fwd", mutates_args=())
 def _fused_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: torch.Tensor,
-                   row_start: int, row_count: int, normalize: bool
+                   row_start: int, row_count: int, normalize: bool, fp32_precision: str = "ieee"
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton forward -> (per-block losses (L,), lse v->a (L, row_count), lse a->v (L, row_count)), fp32."""
     sums, lse1, lse2 = _KERNELS.contrastive_forward(audio, visual, keep.view(torch.uint8), temperature,
-                                                    row_start, row_count, normalize)
+                                                    row_start, row_count, normalize, fp32_precision)
     return sums / keep.sum().clamp(min=1), lse1, lse2
 
 
 @_fused_forward.register_fake
-def _(audio, visual, keep, temperature, row_start, row_count, normalize):
+def _(audio, visual, keep, temperature, row_start, row_count, normalize, fp32_precision="ieee"):
     lse = audio.new_empty(audio.shape[0], row_count, dtype=torch.float32)
     return audio.new_empty(audio.shape[0], dtype=torch.float32), lse, torch.empty_like(lse)
 
@@ -109,28 +111,28 @@ def _(audio, visual, keep, temperature, row_start, row_count, normalize):
 @torch.library.custom_op("maavt::blockwise_contrastive_bwd", mutates_args=())
 def _fused_backward(grad: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor,
                     temperature: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor, row_start: int,
-                    normalize: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    normalize: bool, fp32_precision: str = "ieee") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward: grad (L,) of the per-block losses -> (d audio, d visual, d temperature)."""
     gscale = (grad.float() / keep.sum().clamp(min=1)).contiguous()
     da, dv, dtemp = _KERNELS.contrastive_backward(audio, visual, keep.view(torch.uint8), temperature, lse1, lse2,
-                                                  gscale, row_start, normalize)
+                                                  gscale, row_start, normalize, fp32_precision)
     return da, dv, dtemp.sum().reshape(()) if temperature.dim() == 0 else dtemp
 
 
 @_fused_backward.register_fake
-def _(grad, audio, visual, keep, temperature, lse1, lse2, row_start, normalize):
+def _(grad, audio, visual, keep, temperature, lse1, lse2, row_start, normalize, fp32_precision="ieee"):
     return audio.new_empty(audio.shape), visual.new_empty(visual.shape), temperature.new_empty(temperature.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    audio, visual, keep, temperature, row_start, _, normalize = inputs
+    audio, visual, keep, temperature, row_start, _, normalize, fp32_precision = inputs
     ctx.save_for_backward(audio, visual, keep, temperature, output[1], output[2])
-    ctx.row_start, ctx.normalize = row_start, normalize
+    ctx.row_start, ctx.normalize, ctx.fp32_precision = row_start, normalize, fp32_precision
 
 
 def _backward(ctx, grad, _grad_lse1, _grad_lse2):
-    da, dv, dtemp = _fused_backward(grad, *ctx.saved_tensors, ctx.row_start, ctx.normalize)
-    return da, dv, None, dtemp, None, None, None
+    da, dv, dtemp = _fused_backward(grad, *ctx.saved_tensors, ctx.row_start, ctx.normalize, ctx.fp32_precision)
+    return da, dv, None, dtemp, None, None, None, None
 
 
 _fused_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -140,7 +142,8 @@ def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: 
                                temperature: float | torch.Tensor | None = None, normalize: bool = True,
                                reduction: str = "mean", impl: str = "auto", gather: bool = False,
                                group: torch.distributed.ProcessGroup | None = None, *,
-                               logit_scale: float | torch.Tensor | None = None) -> torch.Tensor:
+                               logit_scale: float | torch.Tensor | None = None,
+                               fp32_precision: str = "ieee") -> torch.Tensor:
     """Functional API: (L, B, P) or (B, P) features x2 -> loss (`reduction="none"`: (L,), or () for 2-D).
 
     Give at most one of `temperature` (default 0.07 when neither is given) and `logit_scale` (a multiplier,
@@ -159,26 +162,28 @@ def blockwise_contrastive_loss(audio: torch.Tensor, visual: torch.Tensor, keep: 
     audio, visual, one_block = as_blocks(audio, visual)
     temperature = temperature_of(temperature, logit_scale)
     _check_inputs(audio, visual, keep, temperature, reduction)
+    check_fp32_precision(fp32_precision)
     B = audio.shape[1]
     keep = torch.ones(B, dtype=torch.bool, device=audio.device) if keep is None else keep.contiguous()
     gathered = gather and distributed.multi_rank(group)
     row_start = 0
     if gathered:
         audio, visual, keep, row_start = distributed.gather_features(audio, visual, keep, group)
-    per_block = rows_loss(audio, visual, keep, temperature, normalize, impl, row_start, B)
+    per_block = rows_loss(audio, visual, keep, temperature, normalize, impl, row_start, B, fp32_precision)
     if gathered:
         per_block = distributed.global_loss(per_block, group)
     return _reduce(per_block.squeeze(0) if one_block else per_block, reduction)
 
 
 def rows_loss(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, temperature: float | torch.Tensor,
-              normalize: bool, impl: str, row_start: int, row_count: int) -> torch.Tensor:
+              normalize: bool, impl: str, row_start: int, row_count: int,
+              fp32_precision: str = "ieee") -> torch.Tensor:
     """Per-block share (L,) of the loss rows `row_start : row_start + row_count`, divided by the kept count
     of all B rows, on validated (L, B, P) inputs; dispatches to the kernel or the (fp32) reference."""
     unsupported = unsupported_dtype(audio.dtype)
     if use_triton(impl, "blockwise_contrastive_loss", _KERNELS, audio, visual, unsupported=unsupported):
         temp = _temperature_tensor(temperature, audio.shape[0], audio.device)
-        return _fused_forward(audio, visual, keep, temp, row_start, row_count, normalize)[0]
+        return _fused_forward(audio, visual, keep, temp, row_start, row_count, normalize, fp32_precision)[0]
     with autocast_off(audio.device):
         return blockwise_contrastive_loss_reference(audio, visual, keep, temperature, normalize, "none",
                                                     row_start, row_count)
@@ -189,16 +194,18 @@ class BlockwiseContrastiveLoss(torch.nn.Module):
     (L, B, P) or (B, P) x2, keep (B,) -> loss."""
 
     def __init__(self, temperature: float = 0.07, normalize: bool = True, reduction: str = "mean",
-                 impl: str = "auto", gather: bool = False, group: torch.distributed.ProcessGroup | None = None):
+                 impl: str = "auto", gather: bool = False, group: torch.distributed.ProcessGroup | None = None,
+                 fp32_precision: str = "ieee"):
         super().__init__()
         temperature_of(temperature, None)  # validates it now rather than at the first call
         self.temperature, self.normalize, self.reduction = temperature, normalize, reduction
-        self.impl, self.gather, self.group = impl, gather, group
+        self.impl, self.gather, self.group, self.fp32_precision = impl, gather, group, fp32_precision
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         return blockwise_contrastive_loss(audio, visual, keep, self.temperature, self.normalize, self.reduction,
-                                          self.impl, self.gather, self.group)
+                                          self.impl, self.gather, self.group,
+                                          fp32_precision=self.fp32_precision)
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}, "
-                f"impl={self.impl!r}, gather={self.gather}")
+                f"impl={self.impl!r}, gather={self.gather}, fp32_precision={self.fp32_precision!r}")

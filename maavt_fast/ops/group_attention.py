@@ -5,6 +5,8 @@ qkv_weight `(G, 3D, D)`, qkv_bias `(G, 3D)`, proj_weight `(G, D, D)`, proj_bias 
 Output `(G, M, n, D)` = per group `proj(softmax(q kᵀ / sqrt(D/heads)) v)`; no norm, no residual.
 All five tensors share one dtype; under autocast they are cast to its dtype first (like `nn.Linear`),
 so the output is e.g. bf16 under bf16 autocast, as `nn.MultiheadAttention`'s is.
+`fp32_precision` ("ieee" | "tf32") sets the Triton kernels' dots for fp32 inputs; bf16/fp16 inputs always
+use their own dtype on the tensor cores with fp32 accumulation (softmax in fp32).
 
 Implementations: the readable reference below, and fused Triton kernels (`maavt_fast.kernels.group_attention`,
 n <= its `MAX_TOKENS`; impl="auto" runs the reference for longer sequences) behind the `torch.library` custom
@@ -15,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from maavt_fast.ops._arguments import check_same_dtype, follow_autocast
-from maavt_fast.ops._dispatch import load_kernels, unsupported_dtype, use_triton
+from maavt_fast.ops._dispatch import check_fp32_precision, load_kernels, unsupported_dtype, use_triton
 from maavt_fast.ops.release import explicit_attention
 
 _KERNELS = load_kernels("group_attention")
@@ -46,56 +48,61 @@ def _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads) ->
 
 @torch.library.custom_op("maavt::group_attention_fwd", mutates_args=())
 def _fused_forward(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, proj_weight: torch.Tensor,
-                   proj_bias: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   proj_bias: torch.Tensor, num_heads: int, fp32_precision: str = "ieee"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton forward -> (output (G, M, n, D), attention output before the projection, fp32)."""
-    return _KERNELS.group_attention_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
+    return _KERNELS.group_attention_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads,
+                                            fp32_precision)
 
 
 @_fused_forward.register_fake
-def _(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads):
+def _(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads, fp32_precision="ieee"):
     return x.new_empty(x.shape), x.new_empty(x.shape, dtype=torch.float32)
 
 
 @torch.library.custom_op("maavt::group_attention_bwd", mutates_args=())
 def _fused_backward(grad: torch.Tensor, x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor,
-                    proj_weight: torch.Tensor, o: torch.Tensor, num_heads: int
+                    proj_weight: torch.Tensor, o: torch.Tensor, num_heads: int, fp32_precision: str = "ieee"
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton backward -> gradients of (x, qkv_weight, qkv_bias, proj_weight, proj_bias)."""
-    return _KERNELS.group_attention_backward(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads)
+    return _KERNELS.group_attention_backward(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads,
+                                             fp32_precision)
 
 
 @_fused_backward.register_fake
-def _(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads):
+def _(grad, x, qkv_weight, qkv_bias, proj_weight, o, num_heads, fp32_precision="ieee"):
     G, _, _, D = x.shape
     return (x.new_empty(x.shape), qkv_weight.new_empty(qkv_weight.shape), qkv_bias.new_empty(qkv_bias.shape),
             proj_weight.new_empty(proj_weight.shape), qkv_bias.new_empty(G, D))
 
 
 def _setup_context(ctx, inputs, output):
-    x, qkv_weight, qkv_bias, proj_weight, _, num_heads = inputs
+    x, qkv_weight, qkv_bias, proj_weight, _, num_heads, fp32_precision = inputs
     ctx.save_for_backward(x, qkv_weight, qkv_bias, proj_weight, output[1])
-    ctx.num_heads = num_heads
+    ctx.num_heads, ctx.fp32_precision = num_heads, fp32_precision
 
 
 def _backward(ctx, grad, _grad_o):
-    return (*_fused_backward(grad, *ctx.saved_tensors, ctx.num_heads), None)
+    return (*_fused_backward(grad, *ctx.saved_tensors, ctx.num_heads, ctx.fp32_precision), None, None)
 
 
 _fused_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def group_attention(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tensor, proj_weight: torch.Tensor,
-                    proj_bias: torch.Tensor, num_heads: int, impl: str = "auto") -> torch.Tensor:
+                    proj_bias: torch.Tensor, num_heads: int, impl: str = "auto",
+                    fp32_precision: str = "ieee") -> torch.Tensor:
     """Functional API; `impl` is "auto" (Triton on CUDA where the kernel supports the inputs, else the
-    reference), "torch" or "triton"."""
+    reference), "torch" or "triton"; `fp32_precision` see the module doc."""
     x, qkv_weight, qkv_bias, proj_weight, proj_bias = follow_autocast(x, qkv_weight, qkv_bias, proj_weight,
                                                                       proj_bias)
     check_same_dtype("group_attention", x=x, qkv_weight=qkv_weight, qkv_bias=qkv_bias, proj_weight=proj_weight,
                      proj_bias=proj_bias)
+    check_fp32_precision(fp32_precision)
     _check_inputs(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
     if use_triton(impl, "group_attention", _KERNELS, x, qkv_weight, qkv_bias, proj_weight, proj_bias,
                   unsupported=_unsupported(x)):
-        return _fused_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)[0]
+        return _fused_forward(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads, fp32_precision)[0]
     return group_attention_reference(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads)
 
 
