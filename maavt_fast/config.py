@@ -20,7 +20,7 @@ ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
 LAYERWISE_TOKEN_MODES = ("none", "common")
 PATCH_SIZE = 16  # side of the ViT's square patches: the only patch size the model supports
 # Config keys renamed since configs and checkpoints were first written: old dotted key -> current one.
-RENAMED_KEYS = {"model.parity": "model.release_quirks"}
+RENAMED_KEYS = {"model.parity": "model.release_quirks", "data.bg_parity_bug": "data.bg_relabel_only"}
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer holds the lr in a float32 tensor
 
 
@@ -157,7 +157,7 @@ class DataConfig:
                                           "and eval map the data's classes by name")
     frames_per_clip: int = option(1, "frames (segments) per clip, T")
     bg_prob: float = option(0.2, "train-time probability of a mismatched (background) pair")
-    bg_parity_bug: bool = option(False, "reproduce the release's never-swapped background pairs (spec §1.5)")
+    bg_relabel_only: bool = option(False, "reproduce the release's never-swapped background pairs (spec §1.5)")
     val_fraction: float = option(0.1, "fraction of train held out for validation (seeded); ignored with val_is_test")
     val_is_test: bool = option(False, "the release's behaviour: validate on the test split")
     decode: str = option("cpu", "decode path: torch DataLoader workers or NVIDIA DALI", ("cpu", "dali"))

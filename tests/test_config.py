@@ -71,3 +71,13 @@ def test_old_key_parity_maps_to_release_quirks_with_a_warning():
     d["model"]["parity"] = False
     with pytest.warns(FutureWarning, match="model.parity"):
         assert Config.from_dict(d).model.release_quirks is False
+
+
+def test_old_key_bg_parity_bug_maps_to_bg_relabel_only_with_a_warning():
+    with pytest.warns(FutureWarning, match="'data.bg_parity_bug' is now 'data.bg_relabel_only'"):
+        assert preset("tiny", {"data.bg_parity_bug": "true"}).data.bg_relabel_only is True
+    d = preset("tiny").to_dict()
+    del d["data"]["bg_relabel_only"]
+    d["data"]["bg_parity_bug"] = True
+    with pytest.warns(FutureWarning, match="data.bg_parity_bug"):
+        assert Config.from_dict(d).data.bg_relabel_only is True

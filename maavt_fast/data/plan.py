@@ -86,7 +86,7 @@ def plan_sample(clips: list[Clip], clip_labels: np.ndarray, index: int, epoch: i
     labels, image_clip = clip.labels, clip
     if train and cfg.bg_prob > 0 and rng.random() < cfg.bg_prob:
         labels = (BG_LABEL,)
-        if not cfg.bg_parity_bug:
+        if not cfg.bg_relabel_only:
             image_clip = clips[background_partner(clip_labels, index, rng)]
     t = cfg.frames_per_clip
     labels = labels * t if len(labels) == 1 else labels
