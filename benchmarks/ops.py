@@ -12,8 +12,9 @@ Modes: fwd (forward, recording autograd as in training), bwd (backward of one ke
 and again: `retain_graph=True`, so torch.compile's donated buffers are off here), fwd+bwd. Timing: `triton.testing.do_bench` on CUDA, `torch.utils.benchmark` adaptive autorange on CPU
 (`benchmarks.harness.time_quantiles`); p20 / p50 / p80 ms and the peak memory one call adds.
 
-Sizes: one panel per swept dimension around a base shape (contrastive and sigmoid L = 12, B = 256, P = 512;
-group attention G = 3, M = 64, n = 5, D = 768, 8 heads: the model's LSA). GPU rows are bf16, CPU rows fp32.
+Sizes: one panel per swept dimension around a base shape (contrastive and sigmoid L = 12, B = 256, P = 512,
+sigmoid on CUDA B = 1024, its target's batch; group attention G = 3, M = 64, n = 5, D = 768, 8 heads: the
+model's LSA). GPU rows are bf16, CPU rows fp32.
 The sigmoid loss's scale and bias are learnable `(L,)` tensors (as in the model), differentiated too.
 
     python -m benchmarks.ops [--quick] [--out DIR] [--providers a,b] [--budget SECONDS]
@@ -73,7 +74,7 @@ BASE = {"contrastive": LOSS_BASE, "sigmoid": LOSS_BASE,
         "group_attention": {"G": 3, "M": 64, "n": 5, "D": 768, "heads": 8}}
 QUICK_LOSS = {"L": 2, "B": 16, "P": 32}
 SIZES = {
-    "cuda": Sizes(BASE, {"contrastive": {"B": (64, 256, 1024, 4096, 16384), "P": (128, 256, 512, 1024)},
+    "cuda": Sizes(BASE | {"sigmoid": LOSS_BASE | {"B": 1024}}, {"contrastive": {"B": (64, 256, 1024, 4096, 16384), "P": (128, 256, 512, 1024)},
                          "sigmoid": {"B": (64, 256, 1024, 4096, 16384, 32768), "P": (128, 256, 512, 1024)},
                          "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64, 256)}}),
     "cpu": Sizes(BASE, {"contrastive": {"B": (64, 256, 512), "P": (128, 512, 1024)},
