@@ -12,6 +12,7 @@ from maavt_fast import cli
 from maavt_fast.config import Config, ConfigError
 from maavt_fast.data import synthesize
 from maavt_fast.model import MAAVT
+from maavt_fast.model.backbone import WeightsError
 from maavt_fast.model.loss import MAAVTLoss
 from maavt_fast.model.reference import ReferenceMAAVT
 from maavt_fast.ops import blockwise_sigmoid_loss_reference
@@ -101,7 +102,7 @@ def test_checkpoint_round_trip_keeps_scale_and_bias(tmp_path):
     load_weights(ckpt, target, path)
     for name in SIGMOID_PARAMS:
         torch.testing.assert_close(getattr(target, name), getattr(source, name))
-    with pytest.raises(Exception, match="contrastive_log_scale"):  # an InfoNCE model has no place for them
+    with pytest.raises(WeightsError, match="unexpected keys contrastive_bias, contrastive_log_scale"):  # no place
         MAAVT(tiny_config().model).load_trainable_state_dict(source.trainable_state_dict())
 
 
@@ -116,3 +117,15 @@ def test_cli_trains_one_epoch_with_the_sigmoid_loss(capsys, tmp_path):
     assert not torch.equal(ckpt["model"]["contrastive_bias"], torch.full((2,), -10.0))  # the optimizer moved it
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["contrastive_loss"] == "sigmoid"
+
+
+def test_an_official_checkpoint_loads_into_infonce_and_is_refused_by_sigmoid_naming_the_keys(tmp_path):
+    from maavt_fast.model.official import load_official_checkpoint
+    from test_model_api import _save_official
+
+    source = MAAVT(tiny_config().model)
+    _save_official(source, tmp_path / "model_best.pth.tar")
+    load_official_checkpoint(tmp_path / "model_best.pth.tar", MAAVT(tiny_config().model))  # InfoNCE: unchanged
+    with pytest.raises(WeightsError, match="missing keys contrastive_bias, contrastive_log_scale"):
+        load_official_checkpoint(tmp_path / "model_best.pth.tar",
+                                 MAAVT(tiny_config(model__contrastive_loss="sigmoid").model))

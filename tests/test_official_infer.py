@@ -33,8 +33,9 @@ def _official_names(model: MAAVT) -> dict[str, torch.Tensor]:
             out["ViT.v." + key[4:]] = value
         elif key in groups:
             out[groups[key]] = value
-        elif key.startswith("tokens."):  # tokens.<group>_attn.qkv.weight -> <group>_attn.qkv.weight
-            out[key[len("tokens."):]] = value
+        elif key.startswith("tokens.lsa."):  # tokens.lsa.<group>.qkv.weight -> <group>_attn.qkv.weight
+            group, rest = key[len("tokens.lsa."):].split(".", 1)
+            out[f"{group}_attn.{rest}"] = value
         elif key.startswith(("audio_proj.", "visual_proj.")):
             name, part = key.split(".")
             name = "vis_proj" if name == "visual_proj" else name
