@@ -74,9 +74,10 @@ BASE = {"contrastive": LOSS_BASE, "sigmoid": LOSS_BASE,
         "group_attention": {"G": 3, "M": 64, "n": 5, "D": 768, "heads": 8}}
 QUICK_LOSS = {"L": 2, "B": 16, "P": 32}
 SIZES = {
-    "cuda": Sizes(BASE | {"sigmoid": LOSS_BASE | {"B": 1024}}, {"contrastive": {"B": (64, 256, 1024, 4096, 16384), "P": (128, 256, 512, 1024)},
-                         "sigmoid": {"B": (64, 256, 1024, 4096, 16384, 32768), "P": (128, 256, 512, 1024)},
-                         "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64, 256)}}),
+    "cuda": Sizes(BASE | {"sigmoid": LOSS_BASE | {"B": 1024}},
+                  {"contrastive": {"B": (64, 256, 1024, 4096, 16384), "P": (128, 256, 512, 1024)},
+                   "sigmoid": {"B": (64, 256, 1024, 4096, 16384, 32768), "P": (128, 256, 512, 1024)},
+                   "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64, 256)}}),
     "cpu": Sizes(BASE, {"contrastive": {"B": (64, 256, 512), "P": (128, 512, 1024)},
                         "sigmoid": {"B": (64, 256, 512), "P": (128, 512, 1024)},
                         "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64)}}),

@@ -292,8 +292,8 @@ def ops_section(rows: list[dict], results: Path, md_dir: Path) -> str:
     parts = ["## Fused ops (`python -m benchmarks.ops`)",
              "Every provider on the same inputs in one run: `reference` (the PyTorch reference, eager), "
              "`reference-compiled` (`torch.compile` of it), `triton` (the fused kernels), and what users write "
-             "today: `openclip` (OpenCLIP's ClipLoss, or SigLipLoss for `sigmoid`, written out, once per block) and `per-group` (one attention "
-             "per group, as the release runs). Cells: median ms per call (p20–p80) · the peak memory one call "
+             "today: `openclip` (OpenCLIP's ClipLoss, or SigLipLoss for `sigmoid`, written out, once per block) "
+             "and `per-group` (one attention per group, as the release runs). Cells: median ms per call (p20–p80) · the peak memory one call "
              "adds. `fwd` records autograd as in training; `bwd` differentiates one kept graph; `fwd+bwd` both. "
              "`triton × reference` is the reference's median over triton's (higher: triton faster). Raw rows: "
              "`results/ops.csv` / `ops.json` (columns in the README's Benchmarks section)."]
