@@ -69,7 +69,7 @@ print(torch.cuda.get_device_name(0))'
 step environment 60 bash -c "nvidia-smi; $PY -c '$VERSIONS'"
 # only the modules holding GPU tests: the others import the data stack (PyAV, soundfile, DALI) the GPU box lacks
 step gpu-tests "$T_TESTS" "$PY" -m pytest -m gpu tests/test_gpu_model.py tests/test_ops_contrastive.py \
-  tests/test_ops_group_attention.py -q -rs -p no:cacheprovider "${PYTEST_COPY[@]}"
+  tests/test_ops_sigmoid.py tests/test_ops_group_attention.py -q -rs -p no:cacheprovider "${PYTEST_COPY[@]}"
 step ops "$T_OPS" "$PY" -m benchmarks.ops --out "$RES"
 step e2e "$T_E2E" "$PY" -m benchmarks.e2e --device cuda --batches 64,32,128 --warmup 2 --repeats 10 --out "$RES" \
   --note "benchmarks/gpu_check.sh"

@@ -1,18 +1,21 @@
-"""Benchmark of the two fused ops: every provider side by side, forward / backward / both, time and peak memory.
+"""Benchmark of the fused ops: every provider side by side, forward / backward / both, time and peak memory.
 
 Providers (one run measures them all on the same inputs):
   reference           the batched PyTorch reference in `maavt_fast.ops` (eager)
   reference-compiled  torch.compile of that reference
   triton              the fused Triton kernels (CUDA; on CPU only under TRITON_INTERPRET=1 with --quick)
   openclip            contrastive: the loss OpenCLIP users write today (normalise, `logit_scale * a @ v.T`,
-                      two cross-entropies), once per block
+                      two cross-entropies), once per block; sigmoid: OpenCLIP's SigLipLoss formula written out
+                      (normalise, `logit_scale * v @ a.T + logit_bias`, -logsigmoid of the ±1 labels), once per block
   per-group           group attention: what the release runs, one timm-style attention per group
 Modes: fwd (forward, recording autograd as in training), bwd (backward of one kept forward graph, again
 and again: `retain_graph=True`, so torch.compile's donated buffers are off here), fwd+bwd. Timing: `triton.testing.do_bench` on CUDA, `torch.utils.benchmark` adaptive autorange on CPU
 (`benchmarks.harness.time_quantiles`); p20 / p50 / p80 ms and the peak memory one call adds.
 
-Sizes: one panel per swept dimension around a base shape (contrastive L = 12, B = 256, P = 512;
-group attention G = 3, M = 64, n = 5, D = 768, 8 heads: the model's LSA). GPU rows are bf16, CPU rows fp32.
+Sizes: one panel per swept dimension around a base shape (contrastive and sigmoid L = 12, B = 256, P = 512,
+sigmoid on CUDA B = 1024, its target's batch; group attention G = 3, M = 64, n = 5, D = 768, 8 heads: the
+model's LSA). GPU rows are bf16, CPU rows fp32.
+The sigmoid loss's scale and bias are learnable `(L,)` tensors (as in the model), differentiated too.
 
     python -m benchmarks.ops [--quick] [--out DIR] [--providers a,b] [--budget SECONDS]
 
@@ -34,13 +37,15 @@ import torch.nn.functional as F
 from torch._functorch import config as functorch_config
 
 from benchmarks import harness
-from maavt_fast.ops import blockwise_contrastive_loss, group_attention, group_attention_reference
+from maavt_fast.ops import (blockwise_contrastive_loss, blockwise_sigmoid_loss, blockwise_sigmoid_loss_reference,
+                            group_attention, group_attention_reference)
 from maavt_fast.ops._dispatch import kernel_device
 from maavt_fast.ops.contrastive import blockwise_contrastive_loss_reference
+from maavt_fast.ops.release import release_group_attention
 
 PROVIDERS = ("reference", "reference-compiled", "triton", "openclip", "per-group")
 MODES = ("fwd", "bwd", "fwd+bwd")
-DIMS = {"contrastive": ("L", "B", "P"), "group_attention": ("G", "M", "n", "D", "heads")}
+DIMS = {"contrastive": ("L", "B", "P"), "sigmoid": ("L", "B", "P"), "group_attention": ("G", "M", "n", "D", "heads")}
 # Every row has exactly these columns (CSV-safe); a dimension another op has is empty (None). `config` labels a
 # Triton tile configuration when a kernel is timed once per config; empty for one row per provider.
 COLUMNS = ("op", "provider", "config", "mode", "dtype", *dict.fromkeys(d for dims in DIMS.values() for d in dims),
@@ -64,15 +69,21 @@ class Sizes:
         return out
 
 
-BASE = {"contrastive": {"L": 12, "B": 256, "P": 512}, "group_attention": {"G": 3, "M": 64, "n": 5, "D": 768, "heads": 8}}
+LOSS_BASE = {"L": 12, "B": 256, "P": 512}
+BASE = {"contrastive": LOSS_BASE, "sigmoid": LOSS_BASE,
+        "group_attention": {"G": 3, "M": 64, "n": 5, "D": 768, "heads": 8}}
+QUICK_LOSS = {"L": 2, "B": 16, "P": 32}
 SIZES = {
-    "cuda": Sizes(BASE, {"contrastive": {"B": (64, 256, 1024, 4096, 16384), "P": (128, 256, 512, 1024)},
-                         "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64, 256)}}),
+    "cuda": Sizes(BASE | {"sigmoid": LOSS_BASE | {"B": 1024}},
+                  {"contrastive": {"B": (64, 256, 1024, 4096, 16384), "P": (128, 256, 512, 1024)},
+                   "sigmoid": {"B": (64, 256, 1024, 4096, 16384, 32768), "P": (128, 256, 512, 1024)},
+                   "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64, 256)}}),
     "cpu": Sizes(BASE, {"contrastive": {"B": (64, 256, 512), "P": (128, 512, 1024)},
+                        "sigmoid": {"B": (64, 256, 512), "P": (128, 512, 1024)},
                         "group_attention": {"D": (192, 384, 768), "M": (1, 16, 64)}}),
-    "quick": Sizes({"contrastive": {"L": 2, "B": 16, "P": 32}, "group_attention": {"G": 3, "M": 2, "n": 5, "D": 32,
-                                                                                   "heads": 4}},
-                   {"contrastive": {"B": (8, 16)}, "group_attention": {"D": (32,)}}),
+    "quick": Sizes({"contrastive": QUICK_LOSS, "sigmoid": QUICK_LOSS,
+                    "group_attention": {"G": 3, "M": 2, "n": 5, "D": 32, "heads": 4}},
+                   {"contrastive": {"B": (8, 16)}, "sigmoid": {"B": (8, 16)}, "group_attention": {"D": (32,)}}),
 }
 
 
@@ -97,19 +108,28 @@ def contrastive_inputs(L: int, B: int, P: int, device: torch.device, dtype: torc
     return [audio, visual, torch.rand(B, generator=g).to(device) > 0.1]
 
 
+# ----------------------------------------------------------------------------------------------- sigmoid
+def sigmoid_openclip(audio: torch.Tensor, visual: torch.Tensor, keep: torch.Tensor, logit_scale: torch.Tensor,
+                     logit_bias: torch.Tensor) -> torch.Tensor:
+    """OpenCLIP's SigLipLoss as users write it, once per block of (B, P) features (background rows dropped);
+    logit_scale (the multiplier) and logit_bias `(L,)`."""
+    total = audio.new_zeros((), dtype=torch.float32)
+    for a, v, scale, bias in zip(audio, visual, logit_scale, logit_bias):
+        image_features, text_features = F.normalize(v[keep], dim=-1), F.normalize(a[keep], dim=-1)
+        logits = scale * image_features @ text_features.T + bias
+        n = logits.shape[0]
+        labels = 2 * torch.eye(n, device=logits.device, dtype=logits.dtype) - 1
+        total = total - F.logsigmoid(labels * logits).float().sum() / n
+    return total / audio.shape[0]
+
+
+def sigmoid_inputs(L: int, B: int, P: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
+    """contrastive_inputs + SigLIP's initial scale 10 and bias -10 per block, learnable (fp32, as in the model)."""
+    scale, bias = (torch.full((L,), v, device=device).requires_grad_() for v in (10.0, -10.0))
+    return [*contrastive_inputs(L, B, P, device, dtype), scale, bias]
+
+
 # ----------------------------------------------------------------------------------------------- group attention
-def group_attention_per_group(x, qkv_weight, qkv_bias, proj_weight, proj_bias, num_heads: int) -> torch.Tensor:
-    """The release's separate attention modules (timm's Attention), one per group, one after the other."""
-    outs = []
-    for g in range(x.shape[0]):
-        M, n, D = x[g].shape
-        qkv = F.linear(x[g], qkv_weight[g], qkv_bias[g]).reshape(M, n, 3, num_heads, D // num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
-        attn = (q @ k.transpose(-2, -1) * (D // num_heads) ** -0.5).softmax(dim=-1)
-        outs.append(F.linear((attn @ v).transpose(1, 2).reshape(M, n, D), proj_weight[g], proj_bias[g]))
-    return torch.stack(outs)
-
-
 def group_attention_inputs(G: int, M: int, n: int, D: int, heads: int, device: torch.device,
                            dtype: torch.dtype) -> list[torch.Tensor]:
     g = torch.Generator(device="cpu").manual_seed(M * D)
@@ -122,7 +142,9 @@ def group_attention_inputs(G: int, M: int, n: int, D: int, heads: int, device: t
 # graph repeatedly (retain_graph), which compiled backwards allow only without donated buffers.
 functorch_config.donated_buffer = False
 _COMPILED = {"contrastive": torch.compile(blockwise_contrastive_loss_reference),
+             "sigmoid": torch.compile(blockwise_sigmoid_loss_reference),
              "group_attention": torch.compile(group_attention_reference)}
+INPUTS = {"contrastive": contrastive_inputs, "sigmoid": sigmoid_inputs, "group_attention": group_attention_inputs}
 
 
 def provider_fn(op: str, provider: str, heads: int | None) -> Callable[..., torch.Tensor] | None:
@@ -132,10 +154,15 @@ def provider_fn(op: str, provider: str, heads: int | None) -> Callable[..., torc
                 "reference-compiled": lambda a, v, k: _COMPILED[op](a, v, k, temperature=TEMPERATURE),
                 "triton": lambda a, v, k: blockwise_contrastive_loss(a, v, k, temperature=TEMPERATURE, impl="triton"),
                 "openclip": contrastive_openclip}.get(provider)
+    if op == "sigmoid":
+        return {"reference": lambda *t: blockwise_sigmoid_loss(*t, impl="torch"),
+                "reference-compiled": lambda *t: _COMPILED[op](*t),
+                "triton": lambda *t: blockwise_sigmoid_loss(*t, impl="triton"),
+                "openclip": sigmoid_openclip}.get(provider)
     return {"reference": lambda *t: group_attention(*t, heads, impl="torch"),
             "reference-compiled": lambda *t: _COMPILED[op](*t, heads),
             "triton": lambda *t: group_attention(*t, heads, impl="triton"),
-            "per-group": lambda *t: group_attention_per_group(*t, heads)}.get(provider)
+            "per-group": lambda *t: release_group_attention(*t, heads)}.get(provider)
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -179,7 +206,7 @@ def measure_row(call: Callable[[], object], device: torch.device, budget_s: floa
 def run_shape(op: str, dims: dict[str, int], providers: list[str], device: torch.device, dtype: torch.dtype,
               budget_s: float, context: dict) -> list[dict]:
     rows = []
-    make = contrastive_inputs if op == "contrastive" else group_attention_inputs
+    make = INPUTS[op]
     for provider in providers:
         fn = provider_fn(op, provider, dims.get("heads"))
         if fn is None:

@@ -208,9 +208,12 @@ def e2e_section(rows: list[dict], results: Path, md_dir: Path) -> str:
 OPS_TARGETS = (  # GPU (bf16, fwd+bwd): op, base shape, baseline provider, minimum speedup of triton over it
     ("contrastive", {"L": 12, "B": 256, "P": 512}, "reference", 3.0),
     ("contrastive", {"L": 12, "B": 256, "P": 512}, "reference-compiled", 1.5),
+    ("sigmoid", {"L": 12, "B": 1024, "P": 512}, "reference", 3.0),
+    ("sigmoid", {"L": 12, "B": 1024, "P": 512}, "reference-compiled", 1.5),
     ("group_attention", {"G": 3, "M": 64, "n": 5, "D": 768, "heads": 8}, "reference", 3.0),
 )
-BIG_B = 16384  # contrastive batch where the fused kernel keeps O(B·P) memory and the references hold L·B² logits
+# per loss op: the batch where the fused kernel keeps O(B·P) memory and the references hold L·B² logits
+BIG_B = {"contrastive": 16384, "sigmoid": 32768}
 
 
 def latest_ops_runs(rows: list[dict]) -> dict[str, list[dict]]:
@@ -262,8 +265,8 @@ def ops_targets(cuda: list[dict]) -> str:
     if not cuda:
         lines = [[f"{op} triton ≥ {x:g}x {base} (fwd+bwd, bf16, {_shape(shape, DIMS[op])})", "not measured (no GPU)"]
                  for op, shape, base, x in OPS_TARGETS]
-        lines.append([f"contrastive peak memory O(B·P): triton runs B={BIG_B} where the references cannot",
-                      "not measured (no GPU)"])
+        lines += [[f"{op} peak memory O(B·P): triton runs B={b} where the references cannot", "not measured (no GPU)"]
+                  for op, b in BIG_B.items()]
         return _table(["GPU target", "status"], lines)
 
     def find(op, shape, provider):
@@ -276,11 +279,12 @@ def ops_targets(cuda: list[dict]) -> str:
         got = ref["p50_ms"] / fused["p50_ms"] if fused and ref else None
         lines.append([f"{op} triton ≥ {want:g}x {base} (fwd+bwd, bf16, {_shape(shape, DIMS[op])})",
                       "not measured" if got is None else f"{got:.2f}x: " + ("met" if got >= want else "**missed**")])
-    big = {p: next((r for r in cuda if r["op"] == "contrastive" and r["B"] == BIG_B and r["provider"] == p
-                    and r["mode"] == "fwd+bwd"), None) for p in ("triton", "reference")}
-    status = " / ".join(f"{p}: " + ("not run" if r is None else r["error"].split(":")[0] if r["error"]
-                                    else f"{r['peak_mb']:.0f} MiB") for p, r in big.items())
-    lines.append([f"contrastive peak memory O(B·P) at B={BIG_B}", status])
+    for op, b in BIG_B.items():
+        big = {p: next((r for r in cuda if r["op"] == op and r["B"] == b and r["provider"] == p
+                        and r["mode"] == "fwd+bwd"), None) for p in ("triton", "reference")}
+        status = " / ".join(f"{p}: " + ("not run" if r is None else r["error"].split(":")[0] if r["error"]
+                                        else f"{r['peak_mb']:.0f} MiB") for p, r in big.items())
+        lines.append([f"{op} peak memory O(B·P) at B={b}", status])
     return _table(["GPU target", "measured"], lines)
 
 
@@ -288,8 +292,8 @@ def ops_section(rows: list[dict], results: Path, md_dir: Path) -> str:
     parts = ["## Fused ops (`python -m benchmarks.ops`)",
              "Every provider on the same inputs in one run: `reference` (the PyTorch reference, eager), "
              "`reference-compiled` (`torch.compile` of it), `triton` (the fused kernels), and what users write "
-             "today: `openclip` (OpenCLIP's loss written out, once per block) and `per-group` (one attention "
-             "per group, as the release runs). Cells: median ms per call (p20–p80) · the peak memory one call "
+             "today: `openclip` (OpenCLIP's ClipLoss, or SigLipLoss for `sigmoid`, written out, once per block) "
+             "and `per-group` (one attention per group, as the release runs). Cells: median ms per call (p20–p80) · the peak memory one call "
              "adds. `fwd` records autograd as in training; `bwd` differentiates one kept graph; `fwd+bwd` both. "
              "`triton × reference` is the reference's median over triton's (higher: triton faster). Raw rows: "
              "`results/ops.csv` / `ops.json` (columns in the README's Benchmarks section)."]

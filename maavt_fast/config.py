@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 BG_LABEL = -1  # canonical label of a background (mismatched) pair everywhere inside the library
 
 CONTRASTIVE_MODES = ("blockwise_sep", "blockwise_cmn", "final", "none")
+CONTRASTIVE_LOSSES = ("infonce", "sigmoid")
 ATTENTION_BACKENDS = ("auto", "sdpa", "xformers", "math")
 LAYERWISE_TOKEN_MODES = ("none", "common")
 PATCH_SIZE = 16  # side of the ViT's square patches: the only patch size the model supports
@@ -66,7 +67,10 @@ class ModelConfig:
     contrastive: str = option("blockwise_sep", "contrastive loss on the shared tokens: per-block heads, one shared "
                               "head, last block only, or off", CONTRASTIVE_MODES)
     proj_dim: int = option(512, "width of the contrastive projection heads")
-    temperature: float = option(0.07, "contrastive temperature (fixed, as in the release)")
+    contrastive_loss: str = option("infonce", "contrastive loss of each block: symmetric InfoNCE (the paper's) or "
+                                   "the pairwise sigmoid (SigLIP) loss with a learnable scale and bias per block",
+                                   CONTRASTIVE_LOSSES)
+    temperature: float = option(0.07, "contrastive temperature of the InfoNCE loss (fixed, as in the release)")
     layerwise_token: str = option("none", "common: re-insert fresh LSA tokens before every block (spec §3.2)",
                                   LAYERWISE_TOKEN_MODES)
     release_quirks: bool = option(True, "reproduce the release's numerics (1-D pos-embed resampling with the BG "

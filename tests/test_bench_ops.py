@@ -34,11 +34,39 @@ def test_quick_rows_cover_every_provider_mode_and_shape(quick_rows):
     _, rows = quick_rows
     shapes = {op: ops.SIZES["quick"].shapes(op) for op in ops.DIMS}
     expected = {(op, provider, mode, tuple(sorted(dims.items())))
-                for op, provider in [("contrastive", p) for p in ("reference", "reference-compiled", "openclip")]
+                for op, provider in [(op, p) for op in ("contrastive", "sigmoid")
+                                     for p in ("reference", "reference-compiled", "openclip")]
                 + [("group_attention", p) for p in ("reference", "reference-compiled", "per-group")]
                 for mode in ops.MODES for dims in shapes[op]}
     got = [(r["op"], r["provider"], r["mode"], tuple(sorted((d, r[d]) for d in ops.DIMS[r["op"]]))) for r in rows]
     assert len(got) == len(expected) and set(got) == expected
+
+
+def test_sigmoid_rows_are_timed_with_the_loss_dimensions_only(quick_rows):
+    _, rows = quick_rows
+    sigmoid = [r for r in rows if r["op"] == "sigmoid"]
+    assert {r["provider"] for r in sigmoid} == {"reference", "reference-compiled", "openclip"}
+    assert {(r["L"], r["B"], r["P"]) for r in sigmoid} == {(2, 16, 32), (2, 8, 32)}
+    for r in sigmoid:
+        assert r["error"] == "" and r["p50_ms"] > 0 and r["G"] is None and r["heads"] is None
+
+
+@pytest.mark.parametrize("op,providers", [("contrastive", ("reference", "openclip")),
+                                          ("sigmoid", ("reference", "openclip")),
+                                          ("group_attention", ("reference", "per-group"))])
+def test_providers_of_an_op_compute_the_same_value_and_gradients(op, providers):
+    """The rows of one op compare like with like: every provider computes the same loss or output."""
+    dims = ops.SIZES["quick"].base[op]
+    results = []
+    for provider in providers:
+        inputs = ops.INPUTS[op](**dims, device=torch.device("cpu"), dtype=torch.float32)
+        out = ops.provider_fn(op, provider, dims.get("heads"))(*inputs)
+        leaves = [t for t in inputs if t.requires_grad]
+        results.append((out.detach(), torch.autograd.grad(out.sum(), leaves)))
+    (out0, grads0), (out1, grads1) = results
+    torch.testing.assert_close(out1, out0)
+    for g1, g0 in zip(grads1, grads0, strict=True):
+        torch.testing.assert_close(g1, g0)
 
 
 def test_quick_rows_have_every_column_filled(quick_rows):
@@ -123,7 +151,7 @@ def test_report_renders_the_newest_run_and_lists_gpu_targets_as_not_measured(qui
     assert "## Fused ops" in md and f"Run `{rows[0]['run']}`" in md and "](ops.png)" in md
     assert "123456" not in md and "654321" not in md and "19990101" not in md  # only the newest run
     assert "| contrastive | L=2, B=16, P=32 | fwd+bwd |" in md
-    assert md.count("not measured (no GPU)") == len(report.OPS_TARGETS) + 1
+    assert md.count("not measured (no GPU)") == len(report.OPS_TARGETS) + len(report.BIG_B)
 
 
 def test_gpu_targets_are_checked_on_cuda_rows():

@@ -156,3 +156,26 @@ def test_inference_forward_captures_in_a_cuda_graph():
     with torch.no_grad():
         expected = model(audio, image).fg_logits
     torch.testing.assert_close(static, expected, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_sigmoid_contrastive_loss_on_cuda(name):
+    """model.contrastive_loss=sigmoid runs the fused kernels: equal to the reference on the output's features in
+    fp32; finite loss and gradients (scale and bias included) under bf16 autocast."""
+    from maavt_fast.model.loss import MAAVTLoss
+    from maavt_fast.ops import blockwise_sigmoid_loss_reference
+
+    cfg = CONFIGS[name](model__contrastive_loss="sigmoid")
+    model = _model(cfg)
+    audio, image, label = _batch(cfg)
+    with torch.no_grad():
+        out = MAAVTLoss(cfg)(model(audio, image), label)
+    za, zv = out.contrastive_features
+    expected = blockwise_sigmoid_loss_reference(za, zv, label.reshape(-1) >= 0, *out.contrastive_scale_bias)
+    torch.testing.assert_close(out.loss_contrastive, expected, atol=ATOL, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(audio, image, label)
+    assert math.isfinite(out.loss_contrastive.item())
+    out.loss.backward()
+    for p in (model.contrastive_log_scale, model.contrastive_bias):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and (p.grad != 0).any()

@@ -1,6 +1,7 @@
 """The torch.compile'd train step (inductor on CPU) computes what the eager step computes."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import random_batch, tiny_config
@@ -9,8 +10,8 @@ from maavt_fast.train.schedule import set_lr
 from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
 
 
-def _run(compile: bool, steps: int = 3):
-    cfg = tiny_config(train__grad_mod="true")
+def _run(compile: bool, contrastive_loss: str, steps: int = 3):
+    cfg = tiny_config(train__grad_mod="true", model__contrastive_loss=contrastive_loss)
     model, device = build_model(cfg), torch.device("cpu")
     optimizer = build_optimizer(model, 1e-3, 0.0, device)
     step = TrainStep(model, model, optimizer, choose_precision("fp32", device), device,
@@ -24,10 +25,11 @@ def _run(compile: bool, steps: int = 3):
     return results, moments
 
 
-def test_compiled_step_matches_eager_step():
+@pytest.mark.parametrize("contrastive_loss", ["infonce", "sigmoid"])
+def test_compiled_step_matches_eager_step(contrastive_loss):
     torch._dynamo.reset()
-    eager, eager_m = _run(compile=False)
-    compiled, compiled_m = _run(compile=True)
+    eager, eager_m = _run(compile=False, contrastive_loss=contrastive_loss)
+    compiled, compiled_m = _run(compile=True, contrastive_loss=contrastive_loss)
     for e, c in zip(eager, compiled):
         assert set(e) == set(c) == {"loss", "loss_fg", "loss_bg", "loss_contrastive", "counts"}
         for k in e:

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from maavt_fast.config import Config, preset
@@ -19,8 +20,8 @@ OVERRIDES = {"data.bg_prob": "0.3", "data.num_workers": "0", "train.batch_size":
              "train.schedule": "cosine"}
 
 
-def _train_two_ranks(root, out_dir):
-    args = [a for k, v in {**OVERRIDES, "data.root": str(root), "train.out_dir": str(out_dir)}.items()
+def _train_two_ranks(root, out_dir, overrides):
+    args = [a for k, v in {**overrides, "data.root": str(root), "train.out_dir": str(out_dir)}.items()
             for a in (f"--{k}", v)]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            "-m", "maavt_fast", "train", "--preset", "tiny", "--no-test", *args],
@@ -30,11 +31,13 @@ def _train_two_ranks(root, out_dir):
     return read_checkpoint(out_dir / "checkpoints" / "latest.pt")
 
 
-def test_two_ranks_on_gloo_equal_one_process(tmp_path):
+@pytest.mark.parametrize("contrastive_loss", ["infonce", "sigmoid"])
+def test_two_ranks_on_gloo_equal_one_process(tmp_path, contrastive_loss):
+    overrides = OVERRIDES | {"model.contrastive_loss": contrastive_loss}
     root = synthesize(tmp_path / "data", num_classes=5, clips_per_class=8, seed=1, image_size=32)
-    cfg = preset("tiny", {**OVERRIDES, "data.root": str(root), "train.out_dir": str(tmp_path / "single")})
+    cfg = preset("tiny", {**overrides, "data.root": str(root), "train.out_dir": str(tmp_path / "single")})
     single = read_checkpoint(run_train(cfg, test_split=None)[0].latest)
-    ddp = _train_two_ranks(root, tmp_path / "ddp")
+    ddp = _train_two_ranks(root, tmp_path / "ddp", overrides)
     assert single["loop"]["step"] == ddp["loop"]["step"] == 3
     init = build_model(Config.from_dict(single["config"])).trainable_state_dict()
     # Adam's first moment is a sum of past gradients: equal moments mean equal gradients on every step

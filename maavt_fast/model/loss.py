@@ -5,7 +5,8 @@
 - loss_fg: cross-entropy of the FG head over the foreground rows;
 - loss_bg: binary cross-entropy of the BG head (target: the row is background), when the BG token is on;
 - loss_contrastive: the blockwise contrastive loss of the projected shared-token features, background
-  rows excluded, when `model.contrastive` is not "none".
+  rows excluded, when `model.contrastive` is not "none": InfoNCE with `model.temperature`, or with
+  `model.contrastive_loss="sigmoid"` the pairwise sigmoid loss with the output's learnable scale and bias.
 
 With `group` (a process group of W > 1 ranks over which the global batch is split) the FG loss is
 normalised by the mean FG-row count over the ranks and the contrastive loss scores the local rows
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from maavt_fast.config import BG_LABEL, ModelConfig
 from maavt_fast.model.outputs import MAAVTOutput
-from maavt_fast.ops import blockwise_contrastive_loss
+from maavt_fast.ops import blockwise_contrastive_loss, blockwise_sigmoid_loss
 from maavt_fast.ops.distributed import mean_over_ranks, multi_rank
 
 
@@ -30,7 +31,7 @@ class MAAVTLoss:
     set (0-dim; the terms that are off stay None)."""
 
     def __init__(self, cfg: ModelConfig, group: dist.ProcessGroup | None = None):
-        self.temperature = cfg.temperature
+        self.temperature, self.sigmoid = cfg.temperature, cfg.contrastive_loss == "sigmoid"
         self.group = group if group is not None and multi_rank(group) else None
 
     def __call__(self, out: MAAVTOutput, label: torch.Tensor) -> MAAVTOutput:
@@ -48,11 +49,20 @@ class MAAVTLoss:
             out.loss_bg = F.binary_cross_entropy_with_logits(bg_logits, (~keep).to(bg_logits.dtype))
             out.loss = out.loss + out.loss_bg
         if out.contrastive_features is not None:
-            audio, visual = out.contrastive_features
-            out.loss_contrastive = blockwise_contrastive_loss(audio, visual, keep, self.temperature,
-                                                              gather=self.group is not None, group=self.group)
+            out.loss_contrastive = self._contrastive(out, keep)
             out.loss = out.loss + out.loss_contrastive
         return out
+
+    def _contrastive(self, out: MAAVTOutput, keep: torch.Tensor) -> torch.Tensor:
+        audio, visual = out.contrastive_features
+        gather = self.group is not None
+        if not self.sigmoid:
+            return blockwise_contrastive_loss(audio, visual, keep, self.temperature, gather=gather, group=self.group)
+        if out.contrastive_scale_bias is None:
+            raise ValueError("model.contrastive_loss='sigmoid' needs the output's contrastive_scale_bias: "
+                             "the model was built with another contrastive_loss")
+        scale, bias = out.contrastive_scale_bias
+        return blockwise_sigmoid_loss(audio, visual, keep, scale, bias, gather=gather, group=self.group)
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:

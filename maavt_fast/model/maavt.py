@@ -63,6 +63,12 @@ class MAAVT(nn.Module):
         n_heads = {"blockwise_sep": depth, "blockwise_cmn": 1, "final": 1}.get(cfg.contrastive, 0)
         self.audio_proj = BlockProjection(n_heads, dim, cfg.proj_dim) if n_heads else None
         self.visual_proj = BlockProjection(n_heads, dim, cfg.proj_dim) if n_heads else None
+        # The sigmoid loss's logit scale (as its log) and bias: one each per block the loss covers, as SigLIP
+        # initialises them (scale 10, bias -10). None with InfoNCE or without a contrastive loss.
+        n_blocks = {"blockwise_sep": depth, "blockwise_cmn": depth, "final": 1}.get(cfg.contrastive, 0)
+        sigmoid = n_blocks > 0 and cfg.contrastive_loss == "sigmoid"
+        self.contrastive_log_scale = nn.Parameter(torch.full((n_blocks,), math.log(10.0))) if sigmoid else None
+        self.contrastive_bias = nn.Parameter(torch.full((n_blocks,), -10.0)) if sigmoid else None
         self.fg_class = nn.Linear(2 * dim, cfg.num_classes)  # input [v_cls; a_cls]
         self.bg_class = nn.Linear(2 * dim, 1) if cfg.bg_token else None  # input [v_bg; a_bg]
         self.num_patches = self.vit.patch_embed.num_patches
@@ -126,6 +132,8 @@ class MAAVT(nn.Module):
         if shared_means:
             means = torch.stack(shared_means, dim=1)  # (2, L, N, D): streams [audio, visual]
             out.contrastive_features = (self.audio_proj(means[0]), self.visual_proj(means[1]))
+            if self.contrastive_log_scale is not None:
+                out.contrastive_scale_bias = (self.contrastive_log_scale.exp(), self.contrastive_bias)
         if attn is not None:
             side = self.cfg.img_size // PATCH_SIZE
             out.attn = attn.view(n, side, side)

@@ -14,7 +14,9 @@ class MAAVTOutput:
     `(N, C)` each, from the FG classifier halves (for gradient modulation); attn `(N, S/p, S/p)` (p: the
     patch size) the last block's CLS-row map over the patches when asked for; contrastive_features: the projected
     shared-token features (audio, visual) `(L, N, P)` each, L = the blocks the contrastive loss covers
-    (None when it is off); losses are 0-dim (None without labels, or when the term is off).
+    (None when it is off); contrastive_scale_bias: the sigmoid loss's (logit_scale, logit_bias) `(L,)` each
+    (None unless `model.contrastive_loss="sigmoid"`); losses are 0-dim (None without labels, or when the term
+    is off).
     """
 
     fg_logits: torch.Tensor
@@ -22,6 +24,7 @@ class MAAVTOutput:
     modality_logits: tuple[torch.Tensor, torch.Tensor] | None = None
     attn: torch.Tensor | None = None
     contrastive_features: tuple[torch.Tensor, torch.Tensor] | None = None
+    contrastive_scale_bias: tuple[torch.Tensor, torch.Tensor] | None = None
     loss: torch.Tensor | None = None
     loss_fg: torch.Tensor | None = None
     loss_bg: torch.Tensor | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from maavt_fast.config import BG_LABEL, PATCH_SIZE
+from maavt_fast.config import BG_LABEL, PATCH_SIZE, ModelConfig
 from maavt_fast.model.maavt import MAAVT, check_inputs
 from maavt_fast.model.outputs import MAAVTOutput
 from maavt_fast.ops.release import release_block_contrastive, release_self_attention
@@ -30,7 +30,13 @@ def _lsa_on_copies(module, tokens: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class ReferenceMAAVT(MAAVT):
-    """MA-AVT in the release's computation order; same parameters and outputs as `MAAVT`."""
+    """MA-AVT in the release's computation order; same parameters and outputs as `MAAVT` (InfoNCE only)."""
+
+    def __init__(self, cfg: ModelConfig, vit_weights_follow: bool = False):
+        if cfg.contrastive_loss != "infonce":
+            raise ValueError(f"ReferenceMAAVT computes the release's InfoNCE loss only; "
+                             f"got model.contrastive_loss={cfg.contrastive_loss!r}")
+        super().__init__(cfg, vit_weights_follow)
 
     def _embed_release(self, x: torch.Tensor) -> torch.Tensor:
         vit = self.vit
