@@ -9,7 +9,11 @@ Providers (one run measures them all on the same inputs):
                       (normalise, `logit_scale * v @ a.T + logit_bias`, -logsigmoid of the ±1 labels), once per block
   per-group           group attention: what the release runs, one timm-style attention per group
 Modes: fwd (forward, recording autograd as in training), bwd (backward of one kept forward graph, again
-and again: `retain_graph=True`, so torch.compile's donated buffers are off here), fwd+bwd. Timing: `triton.testing.do_bench` on CUDA, `torch.utils.benchmark` adaptive autorange on CPU
+and again: `retain_graph=True`, so torch.compile's donated buffers are off here), fwd+bwd.
+Rows per tile configuration (`config`, e.g. "fwd 128x64x64 w8 s3"; empty: autotuned): the contrastive Triton
+kernels with one kernel pinned to each configuration of its autotune set (`--per-config`, default on CUDA,
+at the base shapes).
+Timing: `triton.testing.do_bench` on CUDA, `torch.utils.benchmark` adaptive autorange on CPU
 (`benchmarks.harness.time_quantiles`); p20 / p50 / p80 ms and the peak memory one call adds.
 
 Sizes: one panel per swept dimension around a base shape (contrastive and sigmoid L = 12, B = 256, P = 512,
@@ -17,7 +21,7 @@ sigmoid on CUDA B = 1024, its target's batch; group attention G = 3, M = 64, n =
 model's LSA). GPU rows are bf16, CPU rows fp32.
 The sigmoid loss's scale and bias are learnable `(L,)` tensors (as in the model), differentiated too.
 
-    python -m benchmarks.ops [--quick] [--out DIR] [--providers a,b] [--budget SECONDS]
+    python -m benchmarks.ops [--quick] [--out DIR] [--providers a,b] [--[no-]per-config] [--budget SECONDS]
 
 Rows (schema `COLUMNS`) are appended to DIR/ops.json and DIR/ops.csv after each shape (a timeout keeps the
 finished ones; the base shapes run first), the plot of this run goes to DIR/ops.png.
@@ -37,6 +41,8 @@ import torch.nn.functional as F
 from torch._functorch import config as functorch_config
 
 from benchmarks import harness
+from maavt_fast.kernels import contrastive as contrastive_kernel
+from maavt_fast.kernels._launch import describe, pinned
 from maavt_fast.ops import (blockwise_contrastive_loss, blockwise_sigmoid_loss, blockwise_sigmoid_loss_reference,
                             group_attention, group_attention_reference)
 from maavt_fast.ops._dispatch import kernel_device
@@ -203,29 +209,42 @@ def measure_row(call: Callable[[], object], device: torch.device, budget_s: floa
             "peak_mb": round(peak / 2 ** 20, 3), "timer": q.timer, "error": ""}
 
 
+def tile_variants(op: str, provider: str, dtype: torch.dtype, per_config: bool) -> list[tuple[str, dict]]:
+    """(config label, pinned tile configs) to time: the autotuned kernel ("") and, with `per_config`, the
+    contrastive Triton kernels once per tile configuration of the dtype (forward and backward pinned apart)."""
+    variants: list[tuple[str, dict]] = [("", {})]
+    if per_config and op == "contrastive" and provider == "triton":
+        size = torch.empty((), dtype=dtype).element_size()
+        variants += [(f"fwd {describe(c)}", {"contrastive_fwd": c}) for c in contrastive_kernel.FORWARD_CONFIGS[size]]
+        variants += [(f"bwd {describe(c)}", {"contrastive_bwd": c}) for c in contrastive_kernel.BACKWARD_CONFIGS[size]]
+    return variants
+
+
 def run_shape(op: str, dims: dict[str, int], providers: list[str], device: torch.device, dtype: torch.dtype,
-              budget_s: float, context: dict) -> list[dict]:
+              budget_s: float, context: dict, per_config: bool = False) -> list[dict]:
     rows = []
     make = INPUTS[op]
     for provider in providers:
         fn = provider_fn(op, provider, dims.get("heads"))
         if fn is None:
             continue
-        try:
-            fns = mode_fns(fn, make(**dims, device=device, dtype=dtype))
-        except RuntimeError as e:  # the kept forward graph of bwd already failed
-            fns = {mode: e for mode in MODES}
-        for mode in MODES:
-            call = fns[mode]
-            measured = failed(call) if isinstance(call, Exception) else measure_row(call, device, budget_s)
-            row = dict.fromkeys(COLUMNS) | context | dims | measured | {
-                "op": op, "provider": provider, "config": "",
-                "mode": mode, "dtype": str(dtype).removeprefix("torch."), "load_1min": round(os.getloadavg()[0], 2)}
-            rows.append(row)
-            shape = ",".join(f"{k}={v}" for k, v in dims.items())
-            timing = (f"{row['p50_ms']:10.4f} ms (p20 {row['p20_ms']:.4f}, p80 {row['p80_ms']:.4f}) "
-                      f"peak {row['peak_mb']:9.2f} MiB") if not row["error"] else row["error"]
-            print(f"{op:16s} {shape:28s} {provider:19s} {mode:8s} {timing}", flush=True)
+        for config, pins in tile_variants(op, provider, dtype, per_config):
+            with pinned(**pins):
+                try:
+                    fns = mode_fns(fn, make(**dims, device=device, dtype=dtype))
+                except RuntimeError as e:  # the kept forward graph of bwd already failed
+                    fns = {mode: e for mode in MODES}
+                for mode in MODES:
+                    call = fns[mode]
+                    measured = failed(call) if isinstance(call, Exception) else measure_row(call, device, budget_s)
+                    row = dict.fromkeys(COLUMNS) | context | dims | measured | {
+                        "op": op, "provider": provider, "config": config, "mode": mode,
+                        "dtype": str(dtype).removeprefix("torch."), "load_1min": round(os.getloadavg()[0], 2)}
+                    rows.append(row)
+                    shape = ",".join(f"{k}={v}" for k, v in dims.items())
+                    timing = (f"{row['p50_ms']:10.4f} ms (p20 {row['p20_ms']:.4f}, p80 {row['p80_ms']:.4f}) "
+                              f"peak {row['peak_mb']:9.2f} MiB") if not row["error"] else row["error"]
+                    print(f"{op:16s} {shape:28s} {provider:19s} {config:20s} {mode:8s} {timing}", flush=True)
     return rows
 
 
@@ -257,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of ops.json / ops.csv / ops.png")
     parser.add_argument("--providers", default=None, help=f"comma list out of {','.join(PROVIDERS)} "
                         "(default: all on CUDA, all but triton on CPU)")
+    parser.add_argument("--per-config", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the contrastive Triton kernels once per tile configuration at the base shapes "
+                        "(default: on CUDA)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds of timing per (shape, provider, mode) (default 0.5 CUDA, 1.5 CPU, 0.02 quick)")
     args = parser.parse_args(argv)
@@ -273,8 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     shapes = [(op, dims) for op in sizes.base for dims in sizes.shapes(op)]
     shapes.sort(key=lambda s: s[1] != sizes.base[s[0]])  # the base shapes (with the targets) first
+    per_config = device.type == "cuda" if args.per_config is None else args.per_config
     for op, dims in shapes:
-        shape_rows = run_shape(op, dims, providers, device, dtype, budget, context)
+        at_base = dims == sizes.base[op]
+        shape_rows = run_shape(op, dims, providers, device, dtype, budget, context, per_config and at_base)
         rows += shape_rows
         json_path, csv_path = harness.append_rows(shape_rows, args.out, "ops")
     png = harness.plot_sweeps(rows, Path(args.out) / "ops.png", sweep_panels(rows, sizes), ("provider", "config"),

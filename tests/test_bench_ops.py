@@ -170,3 +170,26 @@ def test_gpu_targets_are_checked_on_cuda_rows():
     text = report.ops_targets(cuda)
     assert "4.00x: met" in text and "1.20x: **missed**" in text and "3.50x: met" in text
     assert "triton: 10 MiB / reference: OutOfMemoryError" in text
+
+
+def test_per_config_rows_time_every_contrastive_tile_configuration():
+    """With per_config, the triton provider gets one row set per tile configuration of the dtype (kernel pinned),
+    labelled like `fwd 32x32x32 w8 s2`, plus the autotuned rows (empty label); every row well-formed and finite.
+    Under TRITON_INTERPRET=1 the kernels run on the CPU: this checks the rows, not the speed."""
+    from maavt_fast.kernels import contrastive as kernel
+    from maavt_fast.kernels._launch import describe
+    from maavt_fast.ops._dispatch import kernel_device
+
+    device = kernel_device()
+    if device is None:
+        pytest.fail("the contrastive kernels cannot run here (no CUDA and TRITON_INTERPRET unset)")
+    dims = {"L": 1, "B": 8, "P": 16}
+    rows = ops.run_shape("contrastive", dims, ["triton"], device, torch.float32, 0.001, {"device": "test"},
+                         per_config=True)
+    labels = {r["config"] for r in rows}
+    size = torch.empty((), dtype=torch.float32).element_size()
+    assert labels == {""} | {f"fwd {describe(c)}" for c in kernel.FORWARD_CONFIGS[size]} \
+        | {f"bwd {describe(c)}" for c in kernel.BACKWARD_CONFIGS[size]}
+    assert len(rows) == len(labels) * len(ops.MODES)
+    for row in rows:
+        assert set(row) == set(ops.COLUMNS) and row["error"] == "" and row["p50_ms"] > 0
