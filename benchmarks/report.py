@@ -288,6 +288,23 @@ def ops_targets(cuda: list[dict]) -> str:
     return _table(["GPU target", "measured"], lines)
 
 
+def model_check(cuda: list[dict]) -> str:
+    """The contrastive kernels' predicted H200 times (`maavt_fast.kernels.perf_model`, docs/performance.md) beside
+    the newest CUDA run's medians (fwd+bwd, L = 12, P = 512), or "not measured (no GPU)"."""
+    from maavt_fast.kernels import perf_model as pm
+
+    def measured(provider: str, B: int) -> str:
+        row = next((r for r in cuda if r["op"] == "contrastive" and r["mode"] == "fwd+bwd" and r["provider"] == provider
+                    and (r["L"], r["B"], r["P"]) == (pm.L, B, pm.P) and not r["config"] and not r["error"]), None)
+        return "not measured (no GPU)" if not cuda else "not run" if row is None else f"{row['p50_ms'] * 1e3:.0f}"
+
+    lines = [[str(B), f"{(pm.contrastive_forward(B).seconds() + pm.contrastive_backward(B).seconds()) * 1e6:.0f}",
+              measured("triton", B), f"{pm.contrastive_eager(B).seconds() * 1e6:.0f}", measured("openclip", B)]
+             for B in pm.BATCHES]
+    return _table(["B", "fused predicted µs", "triton measured µs", "eager bf16 predicted µs",
+                   "openclip measured µs"], lines)
+
+
 def ops_section(rows: list[dict], results: Path, md_dir: Path) -> str:
     parts = ["## Fused ops (`python -m benchmarks.ops`)",
              "Every provider on the same inputs in one run: `reference` (the PyTorch reference, eager), "
@@ -310,6 +327,9 @@ def ops_section(rows: list[dict], results: Path, md_dir: Path) -> str:
         if png.is_file() and kind == max(runs, key=lambda k: runs[k][0]["run"]):  # the plot is of the newest run
             parts.append(f"![ops]({os.path.relpath(png, md_dir)})")
     parts.append("### GPU targets\n\n" + ops_targets(runs.get("cuda", [])))
+    parts.append("### Contrastive kernels against the performance model (fwd+bwd, L = 12, P = 512)\n\n"
+                 "Predictions for an H200 from `maavt_fast.kernels.perf_model` (see docs/performance.md); "
+                 "measured medians from the newest CUDA run.\n\n" + model_check(runs.get("cuda", [])))
     notes = results / "ops.notes.md"  # dated notes on the runs above
     if notes.is_file():
         parts.append(notes.read_text().strip())

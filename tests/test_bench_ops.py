@@ -151,7 +151,10 @@ def test_report_renders_the_newest_run_and_lists_gpu_targets_as_not_measured(qui
     assert "## Fused ops" in md and f"Run `{rows[0]['run']}`" in md and "](ops.png)" in md
     assert "123456" not in md and "654321" not in md and "19990101" not in md  # only the newest run
     assert "| contrastive | L=2, B=16, P=32 | fwd+bwd |" in md
-    assert md.count("not measured (no GPU)") == len(report.OPS_TARGETS) + len(report.BIG_B)
+    from maavt_fast.kernels.perf_model import BATCHES
+
+    # the targets, and the measured columns (triton, openclip) of the performance-model table
+    assert md.count("not measured (no GPU)") == len(report.OPS_TARGETS) + len(report.BIG_B) + 2 * len(BATCHES)
 
 
 def test_gpu_targets_are_checked_on_cuda_rows():
@@ -170,6 +173,9 @@ def test_gpu_targets_are_checked_on_cuda_rows():
     text = report.ops_targets(cuda)
     assert "4.00x: met" in text and "1.20x: **missed**" in text and "3.50x: met" in text
     assert "triton: 10 MiB / reference: OutOfMemoryError" in text
+    model = report.model_check(cuda + [row("contrastive", "openclip", 2.5)])
+    assert "| 256 |" in model and "| 1000 |" in model and "| 2500 |" in model  # measured µs beside predictions
+    assert "| 16384 |" in model and "| 9000 |" in model and "| not run |" in model  # 4096 was not run
 
 
 def test_per_config_rows_time_every_contrastive_tile_configuration():
