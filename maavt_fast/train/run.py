@@ -26,7 +26,7 @@ from maavt_fast.train.loop import (MakeLoader, Trainer, TrainResult, checkpoint_
 from maavt_fast.train.preflight import preflight
 from maavt_fast.train.run_folder import RunFolder, RunFolderError, check_new_run
 from maavt_fast.train.step import choose_precision
-from maavt_fast.train.visualize import attention_gallery, gallery_batch
+from maavt_fast.train.visualize import attention_gallery, gallery_batch, plot_class_names
 
 
 @dataclass
@@ -70,7 +70,7 @@ def build_model(cfg: Config, vit_weights_follow: bool = False):
 def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: str, out_dir: str | Path,
            n_attention: int = 8) -> Report:
     """Evaluate the bare `model` on `split` and write the report files (rank 0)."""
-    from maavt_fast.data import DataError, class_names
+    from maavt_fast.data import DataError
 
     out_dir = Path(out_dir)
     precision = choose_precision(cfg.train.precision, dist.device)
@@ -78,12 +78,12 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
     if len(loader) == 0:
         raise DataError(cfg.data.root or "<data.root unset>", f"the {split!r} split is empty")
     started = time.perf_counter()
-    result = evaluate(model.to(dist.device), loader, dist.device, precision, cfg.model.num_classes)
+    result = evaluate(model.to(dist.device), loader, dist.device, precision, cfg.model.num_classes,
+                      progress_label=f"{split} evaluation" if dist.is_main else None)
     seconds = time.perf_counter() - started
     paths: dict[str, Path] = {}
     if dist.is_main:
-        names = class_names(cfg.data)
-        names += [f"class_{k}" for k in range(len(names), cfg.model.num_classes)]  # classes absent from the data
+        names = plot_class_names(cfg)
         paths = write_report(result, out_dir, split, names)
         if n_attention > 0:
             batch = gallery_batch(loader, n_attention).to(dist.device)  # one clip per class where it can
