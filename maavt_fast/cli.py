@@ -17,6 +17,7 @@ import typing
 import warnings
 from pathlib import Path
 
+from maavt_fast._extras import MissingExtraError
 from maavt_fast.config import PRESETS, Config, ConfigError, preset
 from maavt_fast.config_file import layered_config, read_config_file, with_absolute_paths
 
@@ -306,7 +307,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from maavt_fast.model import WeightsError
     from maavt_fast.train.checkpoint import CheckpointError
 
-    return CliError, ConfigError, DataError, WeightsError, CheckpointError
+    return CliError, ConfigError, DataError, WeightsError, CheckpointError, MissingExtraError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -102,3 +102,21 @@ def test_eta_after_a_resume_counts_from_the_resumed_step():
     stats = p.update(35)
     assert stats["eta_s"] == pytest.approx(1.0 * 15)
     assert "ETA -- (warm-up)" in p.line(31, 0, 1.0, 0.5, 1e-3, {"samples_per_s": 1.0, "eta_s": float("nan")})
+
+
+def test_synth_and_prepare_print_plain_lines_when_not_on_a_terminal(capsys, tmp_path):
+    from maavt_fast.data import prepare_videos, synthesize
+
+    synthesize(tmp_path / "d", num_classes=2, clips_per_class=5, image_size=16, show_progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"synth: {p}%" for p in range(10, 101, 10)]
+    assert lines[-1].startswith("synth: 100% (10/10) in ")
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for k in range(4):  # unreadable files: each fails, and the progress still counts it
+        (videos / f"v{k}.mp4").write_bytes(b"not a video")
+    summary = prepare_videos(videos, tmp_path / "out", workers=1, show_progress=True)
+    assert len(summary.failed) == 4
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" in ")[0] for line in lines] == ["prepare: 25% (1/4)", "prepare: 50% (2/4)",
+                                                         "prepare: 75% (3/4)", "prepare: 100% (4/4)"]

@@ -38,6 +38,7 @@ def test_a_run_writes_scalars_and_images_that_read_back(capsys, tmp_path, data_r
     assert code == 0
     first = next(line for line in out.splitlines() if line.startswith("training "))
     assert f"tensorboard: {run / 'tensorboard'}" in first
+    assert "val @ step 10: 100% (" in out  # the validation's progress, a line per 10% off a terminal
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     train_steps = [r["step"] for r in records if r["event"] == "train"]
     val_steps = [r["step"] for r in records if r["event"] == "val"]
@@ -68,7 +69,7 @@ def test_tensorboard_false_writes_nothing_and_says_so(capsys, tmp_path, data_roo
     assert not (run / "tensorboard").exists()
 
 
-def test_the_switch_auto_true_false(monkeypatch, tmp_path):
+def test_the_switch_auto_true_false(monkeypatch, capsys, tmp_path, data_root):
     cfg = tiny_config(train__out_dir=str(tmp_path / "r"))
     cpu = torch.device("cpu")
     board = tb.open_board(cfg, cpu, is_main=True)
@@ -84,4 +85,9 @@ def test_the_switch_auto_true_false(monkeypatch, tmp_path):
     with pytest.raises(MissingExtraError, match=r"pip install 'maavt_fast\[tensorboard\]'") as err:
         tb.open_board(tiny_config(train__tensorboard="true"), cpu, is_main=True)
     assert "\n" not in str(err.value)
+    capsys.readouterr()
+    code = cli.main(["train", "--preset", "tiny", "--data.root", str(data_root), "--data.num_workers", "0",
+                     "--train.tensorboard", "true", "--train.out_dir", str(tmp_path / "t"), "--no-test"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install 'maavt_fast[tensorboard]'" in err
     assert tiny_config(train__tensorboard="TRUE").train.tensorboard == "true"  # YAML's `true` arrives as "True"

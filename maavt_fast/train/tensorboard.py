@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maavt_fast._extras import requires
+from maavt_fast._extras import MissingExtraError
 from maavt_fast.config import Config, ConfigError
 from maavt_fast.train.visualize import (attention_figures, confusion_figure, curves_figure, gallery_batch,
                                         plot_class_names)
@@ -107,8 +107,8 @@ def open_board(cfg: Config, device: torch.device, is_main: bool) -> NoBoard:
         raise ConfigError(f"train.tensorboard={mode!r} is not one of auto, true, false")
     installed = importlib.util.find_spec("tensorboard") is not None
     if mode == "true" and not installed:
-        with requires("tensorboard", "train.tensorboard=true"):
-            import tensorboard  # noqa: F401  (raises the one-line error naming the extra)
+        raise MissingExtraError(f"train.tensorboard=true needs tensorboard, which is not installed: {INSTALL}",
+                                name="tensorboard")
     if mode == "false":
         return NoBoard("tensorboard off (train.tensorboard=false)")
     if not installed:
