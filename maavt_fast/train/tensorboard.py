@@ -21,6 +21,7 @@ from maavt_fast.train.visualize import (attention_figures, confusion_figure, cur
                                         plot_class_names)
 
 ATTENTION_CLIPS = 4  # clips of the attention images at each validation
+IMAGE_DPI = 80  # resolution of the images (as the report's attention gallery)
 INSTALL = "pip install 'maavt_fast[tensorboard]'"
 
 
@@ -90,10 +91,11 @@ class Board(NoBoard):
         self.writer.close()
 
 
-def figure_pixels(fig) -> np.ndarray:
-    """A matplotlib Figure rendered to a (H, W, 3) uint8 array (Agg, no pyplot)."""
+def figure_pixels(fig, dpi: int = IMAGE_DPI) -> np.ndarray:
+    """A matplotlib Figure rendered at `dpi` to a (H, W, 3) uint8 array (Agg, no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
