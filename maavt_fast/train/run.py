@@ -26,7 +26,7 @@ from maavt_fast.train.loop import (MakeLoader, Trainer, TrainResult, checkpoint_
 from maavt_fast.train.preflight import preflight
 from maavt_fast.train.run_folder import RunFolder, RunFolderError, check_new_run
 from maavt_fast.train.step import choose_precision
-from maavt_fast.train.visualize import attention_gallery, gallery_batch, plot_class_names
+from maavt_fast.train.visualize import attention_gallery, gallery_batch
 
 
 @dataclass
@@ -70,7 +70,7 @@ def build_model(cfg: Config, vit_weights_follow: bool = False):
 def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: str, out_dir: str | Path,
            n_attention: int = 8) -> Report:
     """Evaluate the bare `model` on `split` and write the report files (rank 0)."""
-    from maavt_fast.data import DataError
+    from maavt_fast.data import DataError, class_names
 
     out_dir = Path(out_dir)
     precision = choose_precision(cfg.train.precision, dist.device)
@@ -83,7 +83,8 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
     seconds = time.perf_counter() - started
     paths: dict[str, Path] = {}
     if dist.is_main:
-        names = plot_class_names(cfg)
+        names = class_names(cfg.data)
+        names += [f"class_{k}" for k in range(len(names), cfg.model.num_classes)]  # classes absent from the data
         paths = write_report(result, out_dir, split, names)
         if n_attention > 0:
             batch = gallery_batch(loader, n_attention).to(dist.device)  # one clip per class where it can

@@ -17,8 +17,7 @@ import torch
 
 from maavt_fast._extras import MissingExtraError
 from maavt_fast.config import Config, ConfigError
-from maavt_fast.train.visualize import (attention_figures, confusion_figure, curves_figure, gallery_batch,
-                                        plot_class_names)
+from maavt_fast.train.visualize import attention_figures, confusion_figure, curves_figure, gallery_batch
 
 ATTENTION_CLIPS = 4  # clips of the attention images at each validation
 IMAGE_DPI = 80  # resolution of the images (as the report's attention gallery)
@@ -51,7 +50,8 @@ class Board(NoBoard):
         self.dir = Path(out_dir) / "tensorboard"
         super().__init__(f"tensorboard: {self.dir}")
         self.cfg, self.device = cfg, device
-        self.class_names = plot_class_names(cfg)
+        names = list(cfg.data.classes)  # the data's class names, stored in the config before training
+        self.class_names = names + [f"class_{k}" for k in range(len(names), cfg.model.num_classes)]
         self._gallery = None  # the clips of the attention images, chosen at the first validation
         self.writer = SummaryWriter(str(self.dir))
 

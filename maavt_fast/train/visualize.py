@@ -199,15 +199,6 @@ def gallery_batch(batches, limit: int, max_batches: int = 8):
     return type(batch)(**{name: torch.stack([row[name] for row in rows]) for name in rows[0]})
 
 
-def plot_class_names(cfg) -> list[str]:
-    """Names of the `cfg.model.num_classes` labels for plots: the data's (`cfg.data.classes`, else its index)
-    then `class_<k>` for labels the data has no class for."""
-    from maavt_fast.data import class_names
-
-    names = class_names(cfg.data) if cfg.data.classes or cfg.data.root else []
-    return names + [f"class_{k}" for k in range(len(names), cfg.model.num_classes)]
-
-
 @torch.no_grad()
 def attention_figures(model, batch, class_names: list[str], mean, std, limit: int = 8, autocast=None,
                       audio_cfg=None) -> list[tuple[str, str, object]]:
