@@ -91,3 +91,20 @@ def test_the_switch_auto_true_false(monkeypatch, capsys, tmp_path, data_root):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "pip install 'maavt_fast[tensorboard]'" in err
     assert tiny_config(train__tensorboard="TRUE").train.tensorboard == "true"  # YAML's `true` arrives as "True"
+
+
+def test_a_resumed_run_replaces_the_steps_it_logs_again(tmp_path):
+    cfg = tiny_config(train__out_dir=str(tmp_path / "r"))
+    cpu = torch.device("cpu")
+    first = tb.open_board(cfg, cpu, is_main=True)
+    for step in (1, 2, 3, 4):  # the run dies after step 4; its checkpoint is from step 2
+        first.train(step, {"loss": float(step)}, 1e-3, 10.0)
+    first.close()
+    resumed = tb.open_board(cfg, cpu, is_main=True, start_step=2)
+    for step in (3, 4, 5):
+        resumed.train(step, {"loss": 10.0 * step}, 1e-3, 10.0)
+    resumed.close()
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0),
+                                                                       (5, 50.0)]

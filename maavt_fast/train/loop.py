@@ -150,7 +150,7 @@ class Trainer:
     def fit(self, stop: StopSignals | NoStop = NoStop()) -> TrainResult:
         """Train to the end; on a signal `stop` reports, save `latest` after the step and raise RunInterrupted.
         The TensorBoard writer (rank 0, `train.tensorboard`) is closed however the run ends."""
-        self.board = open_board(self.cfg, self.dist.device, self.dist.is_main)
+        self.board = open_board(self.cfg, self.dist.device, self.dist.is_main, self.loop.step)
         try:
             return self._fit(stop)
         finally:

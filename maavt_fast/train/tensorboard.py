@@ -44,7 +44,9 @@ class NoBoard:
 class Board(NoBoard):
     """A `SummaryWriter` on `<out_dir>/tensorboard/` and what the loop logs to it."""
 
-    def __init__(self, out_dir: str | Path, cfg: Config, device: torch.device):
+    def __init__(self, out_dir: str | Path, cfg: Config, device: torch.device, start_step: int = 0):
+        """`start_step` > 0 (a resumed run): events of later steps in the folder are dropped, as they are
+        logged again (TensorBoard's `purge_step`)."""
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(out_dir) / "tensorboard"
@@ -53,7 +55,7 @@ class Board(NoBoard):
         names = list(cfg.data.classes)  # the data's class names, stored in the config before training
         self.class_names = names + [f"class_{k}" for k in range(len(names), cfg.model.num_classes)]
         self._gallery = None  # the clips of the attention images, chosen at the first validation
-        self.writer = SummaryWriter(str(self.dir))
+        self.writer = SummaryWriter(str(self.dir), purge_step=start_step + 1 if start_step else None)
 
     def _scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for name, value in values.items():
@@ -101,7 +103,7 @@ def figure_pixels(fig, dpi: int = IMAGE_DPI) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def open_board(cfg: Config, device: torch.device, is_main: bool) -> NoBoard:
+def open_board(cfg: Config, device: torch.device, is_main: bool, start_step: int = 0) -> NoBoard:
     """The run's board per `cfg.train.tensorboard`: auto (on when installed) | true (a one-line
     MissingExtraError naming the extra when not installed) | false. Ranks other than 0 get a `NoBoard`."""
     mode = cfg.train.tensorboard
@@ -117,4 +119,4 @@ def open_board(cfg: Config, device: torch.device, is_main: bool) -> NoBoard:
         return NoBoard(f"tensorboard off (not installed: {INSTALL})")
     if not is_main:
         return NoBoard()
-    return Board(cfg.train.out_dir, cfg, device)
+    return Board(cfg.train.out_dir, cfg, device, start_step)
