@@ -13,7 +13,7 @@ from contextlib import contextmanager
 # Extra -> the top-level modules its packages provide (what `import` names, not the distribution names).
 EXTRA_MODULES = {
     "model": ("timm", "safetensors", "huggingface_hub"),
-    "data": ("torchvision", "torchaudio", "soundfile", "av", "h5py", "PIL"),
+    "data": ("torchvision", "torchaudio", "soundfile", "av", "h5py", "PIL", "tqdm"),
     "tensorboard": ("tensorboard",),
     "dali": ("nvidia",),
     "xformers": ("xformers",),

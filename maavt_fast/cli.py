@@ -17,6 +17,7 @@ import typing
 import warnings
 from pathlib import Path
 
+from maavt_fast._extras import MissingExtraError
 from maavt_fast.config import PRESETS, Config, ConfigError, preset
 from maavt_fast.config_file import layered_config, read_config_file, with_absolute_paths
 
@@ -160,7 +161,7 @@ def cmd_synth(args, overrides) -> int:
 
     _no_overrides("synth", overrides)
     root = synthesize(args.out, num_classes=args.classes, clips_per_class=args.clips_per_class, seed=args.seed,
-                      test_fraction=args.test_fraction, image_size=args.image_size)
+                      test_fraction=args.test_fraction, image_size=args.image_size, show_progress=True)
     print(f"synthetic dataset ({args.classes} classes x {args.clips_per_class} clips) written to {root}; "
           f"train on it with: maavt train --preset synthetic --data.root {root}")
     return 0
@@ -170,7 +171,8 @@ def cmd_prepare(args, overrides) -> int:
     from maavt_fast.data import prepare_videos
 
     _no_overrides("prepare", overrides)
-    summary = prepare_videos(args.videos, args.out, workers=args.workers, audio_only=args.audio_only)
+    summary = prepare_videos(args.videos, args.out, workers=args.workers, audio_only=args.audio_only,
+                             show_progress=True)
     print(summary)
     return 1 if summary.failed else 0
 
@@ -305,7 +307,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from maavt_fast.model import WeightsError
     from maavt_fast.train.checkpoint import CheckpointError
 
-    return CliError, ConfigError, DataError, WeightsError, CheckpointError
+    return CliError, ConfigError, DataError, WeightsError, CheckpointError, MissingExtraError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -228,6 +228,8 @@ class TrainConfig:
     seed: int = option(1234, "seed of the model init, data order, augmentation and gradient noise")
     out_dir: str = option("runs/maavt", "where checkpoints, logs, curves and the resolved config go")
     log_every: int = option(10, "steps between progress lines / JSON log records")
+    tensorboard: str = option("auto", "TensorBoard logs in <out_dir>/tensorboard (pip install "
+                              "'maavt_fast[tensorboard]'); auto: on when installed", ("auto", "true", "false"))
     ckpt_every: int = option(200, "steps between `latest` checkpoints (also written at every epoch end)")
     eval_every: int = option(1, "epochs between validations (`best` checkpoint by val accuracy)")
     eval_batches: int | None = option(None, "validate on at most this many batches per rank (None: all)")
@@ -235,6 +237,7 @@ class TrainConfig:
                                       "rank) ends the job with an error naming the rank")
 
     def validate(self) -> None:
+        self.tensorboard = self.tensorboard.lower()  # a YAML `true` arrives as "True"
         check_choices(self, "train.")
         for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs", "dist_timeout_s"):
             if getattr(self, name) < 1:

@@ -21,9 +21,13 @@ class FakeBatch:
     audio: torch.Tensor
     image: torch.Tensor
     label: torch.Tensor
+    valid: torch.Tensor  # (B,) bool: False for a loader's padding rows
+
+    def __len__(self):
+        return self.audio.shape[0]
 
     def to(self, device):
-        return FakeBatch(self.audio.to(device), self.image.to(device), self.label.to(device))
+        return FakeBatch(self.audio.to(device), self.image.to(device), self.label.to(device), self.valid.to(device))
 
 
 class FakeLoader:
@@ -54,7 +58,7 @@ class FakeLoader:
                                                bg_every=3 if self.train else 0)
             if (self.epoch, b) == self.nan_at:
                 audio = torch.full_like(audio, float("nan"))
-            yield FakeBatch(audio, image, label)
+            yield FakeBatch(audio, image, label, torch.ones(audio.shape[0], dtype=torch.bool))
 
 
 def fake_loaders(cfg, **kw):

@@ -17,6 +17,7 @@ import numpy as np
 from maavt_fast._extras import requires
 from maavt_fast.data.errors import DataError
 from maavt_fast.data.manifests import VIDEO_SUFFIXES
+from maavt_fast.progress import progress
 
 with requires("data", __name__):
     import soundfile as sf
@@ -98,8 +99,9 @@ def _prepare_one(video: Path, videos_dir: Path, out_dir: Path, audio_only: bool)
 
 
 def prepare_videos(videos_dir: str | Path, out_dir: str | Path, workers: int = 2,
-                   audio_only: bool = False) -> PrepareSummary:
-    """Convert every video under `videos_dir` (recursively); returns the summary."""
+                   audio_only: bool = False, show_progress: bool = False) -> PrepareSummary:
+    """Convert every video under `videos_dir` (recursively); returns the summary. `show_progress`: a bar
+    on a terminal, else a line per 10% on stdout."""
     videos_dir, out_dir = Path(videos_dir), Path(out_dir)
     if not videos_dir.is_dir():
         raise DataError(videos_dir, "videos folder is missing")
@@ -108,9 +110,9 @@ def prepare_videos(videos_dir: str | Path, out_dir: str | Path, workers: int = 2
     args = [(v, videos_dir, out_dir, audio_only) for v in videos]
     if workers > 1 and len(videos) > 1:
         with ProcessPoolExecutor(min(workers, os.cpu_count() or 1)) as pool:
-            results = list(pool.map(_prepare_one, *zip(*args)))
+            results = list(progress(pool.map(_prepare_one, *zip(*args)), len(args), "prepare", show_progress))
     else:
-        results = [_prepare_one(*a) for a in args]
+        results = [_prepare_one(*a) for a in progress(args, len(args), "prepare", show_progress)]
     for v, (status, why) in zip(videos, results):
         key = str(v.relative_to(videos_dir))
         if status == "failed":

@@ -20,6 +20,7 @@ with requires("data", __name__):
     from PIL import Image
 
 from maavt_fast.config import ConfigError
+from maavt_fast.progress import progress
 
 SHAPES = ("disc", "square", "ring", "diamond", "hstripes", "vstripes", "cross", "triangle")
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 235), "yellow": (235, 220, 40),
@@ -77,8 +78,10 @@ def render_audio(c: int, seconds: float, rng: np.random.Generator) -> np.ndarray
 
 
 def synthesize(out_dir: str | Path, num_classes: int = 8, clips_per_class: int = 50, seed: int = 0,
-               test_fraction: float = 0.2, image_size: int = 128, seconds: float = 2.0) -> Path:
-    """Write the dataset under `out_dir` and return it. Of each class's clips, `test_fraction` go to test."""
+               test_fraction: float = 0.2, image_size: int = 128, seconds: float = 2.0,
+               show_progress: bool = False) -> Path:
+    """Write the dataset under `out_dir` and return it. Of each class's clips, `test_fraction` go to test.
+    `show_progress`: a bar on a terminal, else a line per 10% on stdout."""
     if not 1 <= num_classes <= 64:
         raise ConfigError(f"num_classes (--classes) must be in [1, 64], got {num_classes}")
     if clips_per_class < 1:
@@ -93,21 +96,21 @@ def synthesize(out_dir: str | Path, num_classes: int = 8, clips_per_class: int =
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     rows = []
-    for c in range(num_classes):
+    clips = [(c, i) for c in range(num_classes) for i in range(clips_per_class)]
+    for c, i in progress(clips, len(clips), "synth", show_progress):
         shape, colour, _, _ = class_spec(c)
         name = f"{shape}_{colour}"
-        for i in range(clips_per_class):
-            split = "test" if i < n_test else "train"
-            clip = f"syn{c:02d}x{i:05d}"
-            stem = f"{clip}_000000"
-            folder = out / "frames" / split / "Image-01-FPS" / f"{stem}.mp4"
-            folder.mkdir(parents=True, exist_ok=True)
-            for k in range(FRAMES_PER_CLIP):
-                Image.fromarray(render_frame(c, image_size, rng)).save(folder / f"{k + 1:06d}.jpg", quality=90)
-            wav = out / "audio" / split / f"{stem}.wav"
-            wav.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(wav, render_audio(c, seconds, rng), SAMPLE_RATE, subtype="PCM_16")
-            rows.append((clip, 0, name, split))
+        split = "test" if i < n_test else "train"
+        clip = f"syn{c:02d}x{i:05d}"
+        stem = f"{clip}_000000"
+        folder = out / "frames" / split / "Image-01-FPS" / f"{stem}.mp4"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(FRAMES_PER_CLIP):
+            Image.fromarray(render_frame(c, image_size, rng)).save(folder / f"{k + 1:06d}.jpg", quality=90)
+        wav = out / "audio" / split / f"{stem}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(wav, render_audio(c, seconds, rng), SAMPLE_RATE, subtype="PCM_16")
+        rows.append((clip, 0, name, split))
     with open(out / "vggsound.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     return out

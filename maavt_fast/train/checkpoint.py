@@ -194,7 +194,7 @@ def load_weights(ckpt: dict, model, path: str | Path) -> None:
 RESUMABLE_CHANGES = frozenset({"train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every",
                                "train.eval_every", "train.eval_batches", "train.out_dir", "train.device",
                                "train.patience",
-                               "train.dist_timeout_s",
+                               "train.dist_timeout_s", "train.tensorboard",
                                "data.root", "data.num_workers"})
 
 

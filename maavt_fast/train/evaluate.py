@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from maavt_fast.model.loss import MAAVTLoss
+from maavt_fast.progress import progress
 from maavt_fast.train.distributed import all_reduce_sum
 from maavt_fast.train.metrics import COUNT_NAMES, batch_counts, confusion_counts, per_class_accuracy, summarize
 from maavt_fast.train.step import Precision
@@ -34,8 +35,9 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model, loader, device: torch.device, precision: Precision, num_classes: int,
-             max_batches: int | None = None) -> EvalResult:
-    """Forward the bare `MAAVT` over `loader` (batches with .audio/.image/.label/.to) in eval mode.
+             max_batches: int | None = None, progress_label: str | None = None) -> EvalResult:
+    """Forward the bare `MAAVT` over `loader` (batches with .audio/.image/.label/.to) in eval mode; with a
+    `progress_label`, show the progress (a bar on a terminal, else a line per 10%).
 
     The loss has no process group: each rank's val loss uses its local batch, and ranks with different
     numbers of val batches cannot deadlock in a collective inside the loop.
@@ -45,9 +47,10 @@ def evaluate(model, loader, device: torch.device, precision: Precision, num_clas
     counts = torch.zeros(len(COUNT_NAMES), dtype=torch.float64, device=device)
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of batch loss * n, n]
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    total = len(loader) if max_batches is None else min(len(loader), max_batches)
     try:
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
+        for i, batch in enumerate(progress(loader, total, progress_label or "", enabled=progress_label is not None)):
+            if i >= total:
                 break
             batch = batch.to(device)
             real = _real_clips(batch)

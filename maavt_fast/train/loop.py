@@ -30,6 +30,7 @@ from maavt_fast.train.logging_utils import Progress, RunLogger, format_duration,
 from maavt_fast.train.metrics import summarize
 from maavt_fast.train.schedule import lr_at, set_lr, total_steps
 from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
+from maavt_fast.train.tensorboard import NoBoard, open_board
 from maavt_fast.train.visualize import plot_curves
 
 MakeLoader = Callable[..., object]  # (split, epoch=0, start_batch=0) -> re-iterable of batches with len()
@@ -132,6 +133,7 @@ class Trainer:
         self.last_val: EvalResult | None = None
         self.skipped = {"train": 0, "val": 0}  # samples skipped as bad (data.skip_bad) in this process
         self._skipped_seen: dict[int, int] = {}
+        self.board = NoBoard()
 
     def resume_from(self, path: str | Path) -> None:
         """Load weights, optimizer, RNG and loop position (call before `fit`)."""
@@ -146,7 +148,15 @@ class Trainer:
         return DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=False)
 
     def fit(self, stop: StopSignals | NoStop = NoStop()) -> TrainResult:
-        """Train to the end; on a signal `stop` reports, save `latest` after the step and raise RunInterrupted."""
+        """Train to the end; on a signal `stop` reports, save `latest` after the step and raise RunInterrupted.
+        The TensorBoard writer (rank 0, `train.tensorboard`) is closed however the run ends."""
+        self.board = open_board(self.cfg, self.dist.device, self.dist.is_main, self.loop.step)
+        try:
+            return self._fit(stop)
+        finally:
+            self.board.close()
+
+    def _fit(self, stop: StopSignals | NoStop) -> TrainResult:
         tc, dist, loop = self.cfg.train, self.dist, self.loop
         loss_fn = MAAVTLoss(self.cfg.model, torch.distributed.group.WORLD if dist.distributed else None)
         step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
@@ -159,7 +169,8 @@ class Trainer:
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
         print_status(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | "
                      f"{self.precision.reason} | compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} "
-                     f"steps/epoch, {self.total_steps} steps, global batch {tc.batch_size}", dist.is_main)
+                     f"steps/epoch, {self.total_steps} steps, global batch {tc.batch_size} | {self.board.status}",
+                     dist.is_main)
         self.logger.log("start", loop.step, precision=self.precision.name, compile=tc.compile,
                         world_size=dist.world_size, device=str(dist.device), trainable_params=n_train,
                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps)
@@ -174,6 +185,7 @@ class Trainer:
                 set_lr(self.optimizer, lr)
                 result = step_fn(batch.audio, batch.image, batch.label, loop.step)
                 loop.step += 1
+                progress.tick(loop.step)
                 loop.batch_in_epoch = train_batches.position  # wholly skipped (unreadable) batches count too
                 window.add(loop.step, result)
                 if loop.step % tc.log_every == 0 or loop.step % tc.ckpt_every == 0:
@@ -225,6 +237,7 @@ class Trainer:
         norm = f" | grad norm {stats['grad_norm']:.3g}" if "grad_norm" in stats else ""
         print_status(progress.line(loop.step, loop.epoch, stats["loss"], stats["total_acc"], lr, speed) + norm,
                      self.dist.is_main)
+        self.board.train(loop.step, stats, lr, speed["samples_per_s"])
 
     def _validate(self, progress: Progress) -> None:
         if len(self.val_loader) == 0:
@@ -233,7 +246,8 @@ class Trainer:
         progress.pause()
         started = time.perf_counter()
         result = evaluate(self.model, self.val_loader, self.dist.device, self.precision,
-                          self.cfg.model.num_classes, self.cfg.train.eval_batches)
+                          self.cfg.model.num_classes, self.cfg.train.eval_batches,
+                          progress_label=f"val @ step {self.loop.step}" if self.dist.is_main else None)
         seconds = time.perf_counter() - started
         self._count_skipped("val", self.val_loader)
         self.last_val, loop, m = result, self.loop, result.metrics
@@ -243,6 +257,8 @@ class Trainer:
         print_status(f"val @ step {loop.step}: loss {m['loss']:.4f} acc {m['total_acc']:.4f} (bg-aware "
                      f"{m['pred_acc']:.4f}) on {m['samples']} samples in {seconds:.1f} s"
                      + (" -> new best" if improved else ""), self.dist.is_main)
+        self.board.validation(loop.step, m, result.confusion, loop.history, self.model, self.val_loader,
+                              self.precision.autocast(self.dist.device))
         if improved:
             loop.best_acc = m["total_acc"]
             self._save(self.best_path, None)

@@ -78,7 +78,8 @@ def report(cfg: Config, dist: DistInfo, model, make_loader: MakeLoader, split: s
     if len(loader) == 0:
         raise DataError(cfg.data.root or "<data.root unset>", f"the {split!r} split is empty")
     started = time.perf_counter()
-    result = evaluate(model.to(dist.device), loader, dist.device, precision, cfg.model.num_classes)
+    result = evaluate(model.to(dist.device), loader, dist.device, precision, cfg.model.num_classes,
+                      progress_label=f"{split} evaluation" if dist.is_main else None)
     seconds = time.perf_counter() - started
     paths: dict[str, Path] = {}
     if dist.is_main:

@@ -38,9 +38,9 @@ def _figure(**kwargs):
     return Figure(**kwargs)
 
 
-def plot_curves(history: list[dict], path: str | Path) -> Path:
-    """Loss and accuracy against the step, train (logged averages) and val; `history` from `LoopState`."""
-    path = Path(path)
+def curves_figure(history: list[dict]):
+    """A Figure of the loss and accuracy against the step, train (logged averages) and val; `history` from
+    `LoopState`."""
     fig = _figure(figsize=(10, 4), layout="tight")
     ax_loss, ax_acc = fig.subplots(1, 2)
     for kind, style in (("train", "-"), ("val", "o-")):
@@ -55,7 +55,13 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_curves(history: list[dict], path: str | Path) -> Path:
+    """`curves_figure` saved as a PNG."""
+    path = Path(path)
+    curves_figure(history).savefig(path, dpi=100)
     return path
 
 
@@ -194,27 +200,39 @@ def gallery_batch(batches, limit: int, max_batches: int = 8):
 
 
 @torch.no_grad()
-def attention_gallery(model, batch, out_dir: str | Path, class_names: list[str], mean, std,
-                      limit: int = 8, autocast=None, audio_cfg=None) -> Path:
-    """Run `model` (bare MAAVT) on `batch` (see `gallery_batch`) with `return_attn=True`, save one PNG per
-    row (first frame of each clip; `audio_cfg` labels the spectrogram axes) and an `index.html`; returns
-    the index path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def attention_figures(model, batch, class_names: list[str], mean, std, limit: int = 8, autocast=None,
+                      audio_cfg=None) -> list[tuple[str, str, object]]:
+    """Run `model` (bare MAAVT, put in eval mode and back) on `batch` (see `gallery_batch`) with
+    `return_attn=True`; (true name, predicted name, `attention_figure`) of the first frame of each clip."""
+    was_training = model.training
     model.eval()
-    with autocast or contextlib.nullcontext():
-        out = model(batch.audio, batch.image, None, return_attn=True)
+    try:
+        with autocast or contextlib.nullcontext():
+            out = model(batch.audio, batch.image, None, return_attn=True)
+    finally:
+        model.train(was_training)
     if out.attn is None:
         raise RuntimeError("the model returned no attention map although return_attn=True")
     t = batch.audio.shape[1]
     labels, preds = batch.label.reshape(-1), out.fg_logits.argmax(dim=1)
-    rows = []
+    figures = []
     for i in range(min(limit, batch.audio.shape[0])):
         r = i * t  # first frame of clip i in the flattened (B*T) rows
         truth, pred = _name(class_names, int(labels[r])), _name(class_names, int(preds[r]))
+        figures.append((truth, pred, attention_figure(batch.image[i, 0], out.attn[r], batch.audio[i, 0], mean, std,
+                                                      audio_cfg, title=f"true: {truth} | predicted: {pred}")))
+    return figures
+
+
+def attention_gallery(model, batch, out_dir: str | Path, class_names: list[str], mean, std,
+                      limit: int = 8, autocast=None, audio_cfg=None) -> Path:
+    """`attention_figures` saved as one PNG per clip with an `index.html`; returns the index path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (truth, pred, fig) in enumerate(attention_figures(model, batch, class_names, mean, std, limit, autocast,
+                                                             audio_cfg)):
         name = f"{i:03d}.png"
-        fig = attention_figure(batch.image[i, 0], out.attn[r], batch.audio[i, 0], mean, std, audio_cfg,
-                               title=f"true: {truth} | predicted: {pred}")
         fig.savefig(out_dir / name, dpi=80)
         mark = "&#10003;" if truth == pred else "&#10007;"
         rows.append(f"<tr><td>{i}</td><td>{html.escape(truth)}</td><td>{html.escape(pred)} {mark}</td>"
