@@ -7,6 +7,7 @@ The fused ops need only torch, triton and numpy. The other parts import their pa
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,3 +39,11 @@ def requires(extra: str, part: str) -> Iterator[None]:
             raise
         raise MissingExtraError(f"{part} needs {err.name}, which is not installed: "
                                 f"pip install 'maavt_fast[{extra}]'", name=err.name) from None
+
+
+def require_found(extra: str, part: str, modules: tuple[str, ...]) -> None:
+    """Raise the `MissingExtraError` of `extra` for the first of `modules` not installed, without importing any."""
+    with requires(extra, part):
+        for name in modules:
+            if importlib.util.find_spec(name) is None:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
