@@ -3,8 +3,9 @@
 The interpreter runs kernels as NumPy code, so it accepts things the GPU compiler rejects (a global
 that is not a constexpr, mismatched branch types, a bad `tl.dot` shape) and says nothing about speed.
 Here every launcher runs on "meta" tensors at model sizes inside `_launch.recording()`, once per tile
-configuration (`_launch.pinned`; the sigmoid kernels: each autotune candidate) and dtype; each recorded launch is compiled with `triton.compile` for
-the target (PTX and cubin via the bundled ptxas, no driver needed), specialised as the JIT would
+configuration (`_launch.pinned`; the sigmoid kernels: each autotune candidate) and dtype; each recorded
+launch is compiled with `triton.compile` for the target (PTX and cubin via the bundled ptxas, no driver
+needed), specialised as the JIT would
 (pointers and multiples of 16 aligned, ints equal to 1 constant). Per kernel, configuration and dtype
 the report gives the tiles, whether the PTX uses Hopper's warpgroup MMA (`wgmma`), the registers and
 spilled bytes from `ptxas -v`, and the static shared memory.
