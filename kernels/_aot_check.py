@@ -147,8 +147,8 @@ def _area(config: _launch.TileConfig) -> int:
     return config.rows * config.cols * config.features
 
 
-def _contrastive_and_group_attention(dtype: torch.dtype, quick: bool) -> list[_launch.Launch]:
-    """Each contrastive config (`quick`: the largest forward and backward config only) and group attention."""
+def _contrastive_configs(dtype: torch.dtype, quick: bool) -> list[_launch.Launch]:
+    """Each contrastive config (`quick`: the largest forward and backward config only)."""
     size = torch.empty((), dtype=dtype).element_size()
     forward, backward = contrastive.FORWARD_CONFIGS[size], contrastive.BACKWARD_CONFIGS[size]
     if quick:
@@ -156,12 +156,12 @@ def _contrastive_and_group_attention(dtype: torch.dtype, quick: bool) -> list[_l
     else:
         small = contrastive.SMALL[size]
         pairs = list(itertools.zip_longest(forward, backward, fillvalue=small)) + [(small, small)]
-    calls = [c for f, b in pairs for c in _contrastive_launches(dtype, f, b)]
-    return calls + _group_attention_launches(dtype)
+    return [c for f, b in pairs for c in _contrastive_launches(dtype, f, b)]
 
 
 # Op -> its launches to check for (dtype, quick).
-OPS = {"contrastive": _contrastive_and_group_attention, "sigmoid": _sigmoid_launches}
+OPS = {"contrastive": _contrastive_configs, "group_attention": lambda dtype, quick: _group_attention_launches(dtype),
+       "sigmoid": _sigmoid_launches}
 
 
 def launches(dtype: torch.dtype, quick: bool, ops=tuple(OPS)) -> list[_launch.Launch]:
