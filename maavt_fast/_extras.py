@@ -4,6 +4,9 @@ The fused ops need only torch, triton and numpy. The other parts import their pa
 `with requires("EXTRA", __name__):`, which turns a missing one into a one-line error naming the extra:
 
     ModuleNotFoundError: maavt_fast.model.backbone needs timm, which is not installed: pip install 'maavt_fast[model]'
+
+`require_found("EXTRA", __name__, modules)` raises the same error without importing anything, for a part that
+must name its own extra before it imports another part (which would name that part's extra).
 """
 from __future__ import annotations
 
