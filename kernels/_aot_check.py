@@ -3,8 +3,9 @@
 The interpreter runs kernels as NumPy code, so it accepts things the GPU compiler rejects (a global
 that is not a constexpr, mismatched branch types, a bad `tl.dot` shape) and says nothing about speed.
 Here every launcher runs on "meta" tensors at model sizes inside `_launch.recording()`, once per tile
-configuration (`_launch.pinned`) and dtype; each recorded launch is compiled with `triton.compile` for
-the target (PTX and cubin via the bundled ptxas, no driver needed), specialised as the JIT would
+configuration (`_launch.pinned`; the sigmoid kernels: each autotune candidate) and dtype; each recorded
+launch is compiled with `triton.compile` for the target (PTX and cubin via the bundled ptxas, no driver
+needed), specialised as the JIT would
 (pointers and multiples of 16 aligned, ints equal to 1 constant). Per kernel, configuration and dtype
 the report gives the tiles, whether the PTX uses Hopper's warpgroup MMA (`wgmma`), the registers and
 spilled bytes from `ptxas -v`, and the static shared memory.
@@ -25,7 +26,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from maavt_fast.kernels import _launch, contrastive, group_attention
+from maavt_fast.kernels import _launch, contrastive, group_attention, sigmoid
 
 _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8", torch.int32: "i32"}
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -115,6 +116,25 @@ def _group_attention_launches(dtype: torch.dtype):
     return calls
 
 
+def _each_config(launch: _launch.Launch, quick: bool) -> list[_launch.Launch]:
+    """An autotuned launch as one launch per candidate config (`quick`: the last candidate only)."""
+    configs = launch.kernel.configs[-1:] if quick else launch.kernel.configs
+    return [_launch.Launch(launch.name, launch.kernel.fn, launch.args, launch.kwargs | c.kwargs
+                           | {"num_warps": c.num_warps, "num_stages": c.num_stages}) for c in configs]
+
+
+def _sigmoid_launches(dtype: torch.dtype, quick: bool):
+    """Recorded launches of the sigmoid loss forward and backward at L = 12, C = R = 4096, P = 512, one per
+    autotune candidate."""
+    meta = dict(device="meta", dtype=dtype)
+    audio, visual = torch.empty(12, 4096, 512, **meta), torch.empty(12, 4096, 512, **meta)
+    keep, scale = torch.empty(4096, device="meta", dtype=torch.uint8), torch.empty((), device="meta")
+    with _launch.recording() as calls:
+        sigmoid.sigmoid_forward(audio, visual, keep, scale, scale, 0, True)
+        sigmoid.sigmoid_backward(torch.empty(12, device="meta"), audio, visual, keep, scale, scale, 0, True)
+    return [c for call in calls for c in _each_config(call, quick)]
+
+
 def _label(launch: _launch.Launch) -> str:
     if "BR" in launch.kwargs and "PC" in launch.kwargs:
         return _launch.describe(_launch.TileConfig(launch.kwargs["BR"], launch.kwargs["BC"], launch.kwargs["PC"],
@@ -127,9 +147,8 @@ def _area(config: _launch.TileConfig) -> int:
     return config.rows * config.cols * config.features
 
 
-def launches(dtype: torch.dtype, quick: bool) -> list[_launch.Launch]:
-    """Every kernel launch to check for one dtype: each contrastive config (`quick`: the largest forward and
-    backward config only) and group attention."""
+def _contrastive_configs(dtype: torch.dtype, quick: bool) -> list[_launch.Launch]:
+    """Each contrastive config (`quick`: the largest forward and backward config only)."""
     size = torch.empty((), dtype=dtype).element_size()
     forward, backward = contrastive.FORWARD_CONFIGS[size], contrastive.BACKWARD_CONFIGS[size]
     if quick:
@@ -137,17 +156,26 @@ def launches(dtype: torch.dtype, quick: bool) -> list[_launch.Launch]:
     else:
         small = contrastive.SMALL[size]
         pairs = list(itertools.zip_longest(forward, backward, fillvalue=small)) + [(small, small)]
-    calls = [c for f, b in pairs for c in _contrastive_launches(dtype, f, b)]
-    return calls + _group_attention_launches(dtype)
+    return [c for f, b in pairs for c in _contrastive_launches(dtype, f, b)]
 
 
-def check(arch: int = 90, dtypes=DTYPES, quick: bool = False) -> list[Row]:
+# Op -> its launches to check for (dtype, quick).
+OPS = {"contrastive": _contrastive_configs, "group_attention": lambda dtype, quick: _group_attention_launches(dtype),
+       "sigmoid": _sigmoid_launches}
+
+
+def launches(dtype: torch.dtype, quick: bool, ops=tuple(OPS)) -> list[_launch.Launch]:
+    """Every kernel launch of `ops` to check for one dtype."""
+    return [c for op in ops for c in OPS[op](dtype, quick)]
+
+
+def check(arch: int = 90, dtypes=DTYPES, quick: bool = False, ops=tuple(OPS)) -> list[Row]:
     """Compile and measure every launch of `launches` for each dtype."""
     if _launch.INTERPRETED:
         raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled for a GPU")
     rows = []
     for dtype in dtypes:
-        for launch in launches(dtype, quick):
+        for launch in launches(dtype, quick, ops):
             compiled = compile_launch(launch, arch)
             registers, spills = ptxas_usage(compiled.asm["ptx"], arch)
             rows.append(Row(launch.name, _label(launch), _TYPES[dtype], "wgmma" in compiled.asm["ptx"], registers,

@@ -272,6 +272,7 @@ def contrastive_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.T
 
     Returns (per-block sums of the row losses (L,), lse1 (L, row_count), lse2 (L, row_count)), fp32.
     """
+    precision = _precision(audio, normalize, fp32_precision)  # first: raises TypeError on other dtypes
     L, B, P = audio.shape
     lse1 = torch.empty(L, row_count, device=audio.device, dtype=torch.float32)
     lse2 = torch.empty_like(lse1)
@@ -280,7 +281,7 @@ def contrastive_forward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.T
                  max(B, row_count) < TINY_ROWS,
                  lambda meta: (triton.cdiv(row_count, meta["BR"]), L),
                  audio, visual, keep, temperature, lse1, lse2, losses, B, row_count, P, row_start,
-                 *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision))
+                 *_strides(audio, visual, temperature), **precision)
     return losses.sum(1), lse1, lse2
 
 
@@ -292,6 +293,7 @@ def contrastive_backward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.
 
     Returns (d audio, d visual) in the input dtype and the per-block temperature gradient (L,) fp32.
     """
+    precision = _precision(audio, normalize, fp32_precision)  # first: raises TypeError on other dtypes
     L, B, P = audio.shape
     row_count = lse1.shape[1]
     da = torch.empty(L, B, P, device=audio.device, dtype=audio.dtype)
@@ -301,5 +303,5 @@ def contrastive_backward(audio: torch.Tensor, visual: torch.Tensor, keep: torch.
                  max(B, row_count) < TINY_ROWS,
                  lambda meta: (triton.cdiv(B, meta["BR"]) + triton.cdiv(B, meta["BC"]), triton.cdiv(P, meta["PC"]), L),
                  audio, visual, keep, temperature, lse1, lse2, gscale, da, dv, dtemp, B, row_count, P, row_start,
-                 *_strides(audio, visual, temperature), **_precision(audio, normalize, fp32_precision), KC=LOGIT_CHUNK)
+                 *_strides(audio, visual, temperature), **precision, KC=LOGIT_CHUNK)
     return da, dv, dtemp.sum(1)

@@ -4,9 +4,13 @@ The fused ops need only torch, triton and numpy. The other parts import their pa
 `with requires("EXTRA", __name__):`, which turns a missing one into a one-line error naming the extra:
 
     ModuleNotFoundError: maavt_fast.model.backbone needs timm, which is not installed: pip install 'maavt_fast[model]'
+
+`require_found("EXTRA", __name__, modules)` raises the same error without importing anything, for a part that
+must name its own extra before it imports another part (which would name that part's extra).
 """
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -38,3 +42,11 @@ def requires(extra: str, part: str) -> Iterator[None]:
             raise
         raise MissingExtraError(f"{part} needs {err.name}, which is not installed: "
                                 f"pip install 'maavt_fast[{extra}]'", name=err.name) from None
+
+
+def require_found(extra: str, part: str, modules: tuple[str, ...]) -> None:
+    """Raise the `MissingExtraError` of `extra` for the first of `modules` not installed, without importing any."""
+    with requires(extra, part):
+        for name in modules:
+            if importlib.util.find_spec(name) is None:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)

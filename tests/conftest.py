@@ -40,11 +40,3 @@ def device() -> torch.device:
     if dev is None:
         pytest.fail("Triton kernels cannot run: no CUDA device and TRITON_INTERPRET=1 was not set before import")
     return dev
-
-
-@pytest.fixture(scope="session")
-def synth_root(tmp_path_factory):
-    """A small synthetic dataset (4 classes x 12 clips, 64-px frames) shared by the whole session; read-only."""
-    from maavt_fast.data import synthesize
-
-    return synthesize(tmp_path_factory.mktemp("synth4"), num_classes=4, clips_per_class=12, seed=0, image_size=64)

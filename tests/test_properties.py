@@ -3,7 +3,7 @@ temperatures and dtypes, and the data plan's determinism in (seed, epoch, index)
 
 The op oracles (`maavt_fast.ops.release`) are written independently of the ops' references (a Python loop with
 boolean indexing and one module per group, not masked batched logits), computed in fp64 on the same inputs.
-Tolerances per input dtype as in the op tests. Example counts are small and fixed (derandomized) so that the file
+Tolerances per input dtype: the op tests' tables. Example counts are small and fixed (derandomized) so that the file
 stays quick with the kernels in the CPU interpreter.
 """
 from __future__ import annotations
@@ -15,13 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from test_data_media import tiny_vggsound
+from test_ops_contrastive import TOL as CONTRASTIVE_TOL
+from test_ops_group_attention import TOL as ATTENTION_TOL
 from maavt_fast.data.dataset import ClipDataset
 from maavt_fast.data.plan import plan_sample
 from maavt_fast.data.sampling import epoch_order, shard
 from maavt_fast.ops import blockwise_contrastive_loss, group_attention
 from maavt_fast.ops.release import release_contrastive_loss, release_group_attention
 
-TOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 OPS = settings(max_examples=8, deadline=None, derandomize=True, database=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 DTYPES = st.sampled_from([torch.float32, torch.bfloat16, torch.float16])
@@ -34,8 +35,7 @@ def _grads(out: torch.Tensor, leaves: list[torch.Tensor], upstream: torch.Tensor
     return list(grads)
 
 
-def _close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    tol = TOL[dtype]
+def _close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -> None:
     torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol, msg=lambda m: f"{what}: {m}")
 
 
@@ -62,9 +62,9 @@ def test_contrastive_loss_matches_the_release_loop(device, problem, dtype, impl)
     got = blockwise_contrastive_loss(audio, visual, keep, temperature, impl=impl)
     a64, v64 = audio.detach().double().requires_grad_(), visual.detach().double().requires_grad_()
     want = release_contrastive_loss(a64, v64, keep, temperature)
-    _close(got, want.detach(), dtype, "loss")
+    _close(got, want.detach(), CONTRASTIVE_TOL[dtype], "loss")
     for name, g, w in zip(("audio", "visual"), _grads(got, [audio, visual]), _grads(want, [a64, v64])):
-        _close(g, w, dtype, f"d {name}")
+        _close(g, w, CONTRASTIVE_TOL[dtype], f"d {name}")
 
 
 @st.composite
@@ -89,10 +89,10 @@ def test_group_attention_matches_separate_release_modules(device, problem, dtype
     got = group_attention(*leaves, heads, impl=impl)
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     want = release_group_attention(*leaves64, heads)
-    _close(got, want.detach(), dtype, "output")
+    _close(got, want.detach(), ATTENTION_TOL[dtype], "output")
     names = ("x", "qkv_weight", "qkv_bias", "proj_weight", "proj_bias")
     for name, g, w in zip(names, _grads(got, leaves, upstream), _grads(want, leaves64, upstream.double())):
-        _close(g, w, dtype, f"d {name}")
+        _close(g, w, ATTENTION_TOL[dtype], f"d {name}")
 
 
 # ----------------------------------------------------------------------------------------------- data plan

@@ -18,11 +18,17 @@ import pytest
 import torch
 
 from maavt_fast import cli
-from maavt_fast.data import DataError
+from maavt_fast.data import DataError, synthesize
 from maavt_fast.train.checkpoint import read_checkpoint
 from maavt_fast.train.run_folder import RunFolder
 
 FAST = ["--data.num_workers", "0", "--train.precision", "fp32", "--no-test"]
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    """A small synthetic dataset (4 classes x 12 clips, 64-px frames) shared by this module's tests; read-only."""
+    return synthesize(tmp_path_factory.mktemp("synth4"), num_classes=4, clips_per_class=12, seed=0, image_size=64)
 
 
 def train_args(root, out, *extra):

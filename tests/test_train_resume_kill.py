@@ -40,7 +40,8 @@ def _signal_after_mid_epoch_checkpoint(proc, log, signum, timeout=240.0):
                     proc.wait(timeout=120)
                     return rec
         if proc.poll() is not None:
-            raise AssertionError(f"training ended (status {proc.returncode}) before it could be signalled")
+            raise AssertionError(f"training ended (status {proc.returncode}) before it could be signalled:\n"
+                                 f"{proc.stderr.read()[-3000:]}")
         time.sleep(0.005)
     proc.kill()
     raise AssertionError("no mid-epoch checkpoint appeared in time")

@@ -19,6 +19,11 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from maavt_fast._extras import require_found
+
+# Checked before the imports below, so a missing package names this extra: the backbone's timm, the curves' matplotlib.
+require_found("train", __name__, ("timm", "matplotlib"))
+
 from maavt_fast.config import Config, ConfigError
 from maavt_fast.model.loss import MAAVTLoss
 from maavt_fast.train.checkpoint import LoopState, read_checkpoint, restore_training, save_checkpoint

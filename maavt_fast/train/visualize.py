@@ -13,19 +13,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import html
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maavt_fast._extras import requires
+from maavt_fast._extras import require_found
 from maavt_fast.train.metrics import top_confusions
 
-with requires("train", __name__):  # found, not imported: matplotlib loads on the first plot
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
+require_found("train", __name__, ("matplotlib",))  # found, not imported: matplotlib loads on the first plot
 
 CELL_VALUES_UP_TO = 30  # classes up to which each cell's value is printed
 CLASS_NAMES_UP_TO = 60  # classes up to which the axes carry class names (indices beyond)
