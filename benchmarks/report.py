@@ -1,7 +1,7 @@
 """Render `benchmarks/results/*.json` into `benchmarks/RESULTS.md` (tables) and PNG charts beside the JSON.
 
 The end-to-end results (`e2e.json`) get their own tables (the latest run per device), a check of the
-issue's targets and two charts per device; every other result file (`ops.json`, `data.json`, ...)
+performance targets and two charts per device; every other result file (`ops.json`, `data.json`, ...)
 gets a plain table of its latest run per device. `e2e.notes.md`, when present, is copied in as the
 analysis of the end-to-end numbers.
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV_KEYS = ("device", "torch", "triton", "timm", "commit", "date", "run_id", "note", "device_detail", "threads",
             "load_1min")
 IMPL_ORDER = ("reference", "fast-eager", "fast-compiled")
-# The issue's targets: (device type, ViT name prefix, batch) -> minimum speedup, minimum fraction of GEMM /
+# The performance targets: (device type, ViT name prefix, batch) -> minimum speedup, minimum fraction of GEMM /
 # MFU, maximum step-memory ratio to the reference.
 TARGETS = {"cpu": ("vit_small", 8, 2.0, ("fraction_of_gemm", 0.6), 0.6),
            "cuda": ("vit_base", 64, 5.0, ("mfu", 0.4), None)}
@@ -89,7 +89,7 @@ def e2e_table(rows: list[dict], gpu: bool) -> str:
 
 
 def target_check(rows: list[dict], kind: str, interleaved: list[dict] = ()) -> str:
-    """The issue's targets for this device type, for the best fast row of the target shape.
+    """The performance targets for this device type, for the best fast row of the target shape.
 
     Speed and fraction of GEMM come from the interleaved rows when there are any (one process, same load for
     every row and its GEMM); otherwise from the per-row runs. Memory always comes from the per-row runs."""
@@ -185,7 +185,7 @@ def e2e_section(rows: list[dict], results: Path, md_dir: Path) -> str:
                      f"{r0['threads']} CPU threads. {r0['note'] or ''}")
         parts.append(e2e_table(run, gpu=kind == "cuda"))
         inter = latest_runs(interleaved_rows).get(kind, [])
-        parts.append("Targets of issue 6:\n\n" + target_check(run, kind, inter))
+        parts.append("Performance targets:\n\n" + target_check(run, kind, inter))
         charted, source = (inter, "interleaved rows") if inter else (run, "rows in separate processes")
         for png in e2e_charts(charted, results, kind, source):
             parts.append(f"![{png.stem}]({os.path.relpath(png, md_dir)})")

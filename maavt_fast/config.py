@@ -48,7 +48,7 @@ def check_choices(section, prefix: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """MA-AVT model (spec §2-§5). `vit` is any timm ViT with patch size `PATCH_SIZE`."""
+    """MA-AVT model (docs/model.md). `vit` is any timm ViT with patch size `PATCH_SIZE`."""
 
     vit: str = option("vit_base_patch16_224.augreg_in21k", "timm ViT name (class token, patch 16): tiny/small/base/large")
     weights: str | None = option(None, "local weights file (.safetensors/.pth/.bin/.npz); \"timm\": timm's pretrained "
@@ -71,7 +71,7 @@ class ModelConfig:
                                    "the pairwise sigmoid (SigLIP) loss with a learnable scale and bias per block",
                                    CONTRASTIVE_LOSSES)
     temperature: float = option(0.07, "contrastive temperature of the InfoNCE loss (fixed, as in the release)")
-    layerwise_token: str = option("none", "common: re-insert fresh LSA tokens before every block (spec §3.2)",
+    layerwise_token: str = option("none", "common: fresh tokens before every block (docs/model.md#layer-wise-tokens)",
                                   LAYERWISE_TOKEN_MODES)
     release_quirks: bool = option(True, "reproduce the release's numerics (1-D pos-embed resampling with the BG "
                                         "token, trainable ViT CLS token)")
@@ -100,13 +100,13 @@ class ModelConfig:
 
 @dataclass
 class AudioConfig:
-    """Waveform -> (img_size, img_size) log-spectrogram (spec §1.2-§1.4).
+    """Waveform -> (img_size, img_size) log-spectrogram (docs/model.md#inputs).
 
     "stft": window = clip[(offset + j) mod len] for j < window_seconds * sample_rate (tiling the clip,
     as the release does), clipped to [-1, 1], |STFT| (Hann, n_fft, hop, centred), log(x + 1e-7),
     per-clip standardisation -> (n_fft // 2 + 1 freq, 1 + window // hop time).
     "fbank" (AVE): Kaldi fbank with `n_fft`-sample frames every `hop` samples and img_size mel bins,
-    (x - fbank_mean) / (2 fbank_std), time padded/cropped to img_size -> (time, mel) (spec §8 Q21).
+    (x - fbank_mean) / (2 fbank_std), time padded/cropped to img_size -> (time, mel) (docs/model.md#inputs).
     """
 
     sample_rate: int = option(16000, "audio sample rate in Hz (files must have it)")
@@ -119,7 +119,7 @@ class AudioConfig:
     hop: int = option(358, "STFT / fbank hop in samples")
     pad_mode: str = option("reflect", "STFT edge padding: reflect (librosa < 0.10) or constant (librosa >= 0.10)",
                            ("reflect", "constant"))
-    fbank_mean: float = option(-4.1426, "AVE fbank normalisation mean (spec §1.4)")
+    fbank_mean: float = option(-4.1426, "AVE fbank normalisation mean (docs/model.md#inputs)")
     fbank_std: float = option(3.2001, "AVE fbank normalisation std")
 
     @property
@@ -147,7 +147,7 @@ class AudioConfig:
 
 @dataclass
 class DataConfig:
-    """Where the clips are and how they become tensors (spec §1).
+    """Where the clips are and how they become tensors (docs/model.md#inputs).
 
     `root` is the dataset folder in its official layout (see maavt_fast.data.manifests); for
     dataset="csv" it is a manifest file (or a folder holding manifest.csv) with columns
@@ -161,7 +161,7 @@ class DataConfig:
                                           "and eval map the data's classes by name")
     frames_per_clip: int = option(1, "frames (segments) per clip, T")
     bg_prob: float = option(0.2, "train-time probability of a mismatched (background) pair")
-    bg_relabel_only: bool = option(False, "reproduce the release's never-swapped background pairs (spec §1.5)")
+    bg_relabel_only: bool = option(False, "the release's relabel-only background pairs (docs/model.md#background-pairs)")
     val_fraction: float = option(0.1, "fraction of train held out for validation (seeded); ignored with val_is_test")
     val_is_test: bool = option(False, "the release's behaviour: validate on the test split")
     decode: str = option("cpu", "decode path: torch DataLoader workers or NVIDIA DALI", ("cpu", "dali"))
@@ -170,7 +170,7 @@ class DataConfig:
     image_mean: tuple[float, float, float] = option((0.485, 0.456, 0.406), "image normalisation mean (RGB)")
     image_std: tuple[float, float, float] = option((0.229, 0.224, 0.225), "image normalisation std (RGB)")
     image_interp: str = option("bilinear", "resize filter (AVE: bicubic)", ("bilinear", "bicubic"))
-    train_augment: bool = option(True, "RandomResizedCrop + flip in training (AVE: false, spec §1.4)")
+    train_augment: bool = option(True, "RandomResizedCrop + flip in training (AVE: false, docs/model.md#inputs)")
     audio: AudioConfig = option(AudioConfig(), "audio features")
 
     def validate(self) -> None:
@@ -202,7 +202,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and the loop (spec §6). Defaults are the release's effective VGGSound recipe."""
+    """Optimisation and the loop . Defaults: the release's effective VGGSound recipe (docs/model.md#training-recipe)."""
 
     batch_size: int = option(256, "global batch size, split evenly over the ranks")
     epochs: int = option(50, "passes over the training split")
@@ -223,7 +223,7 @@ class TrainConfig:
     precision: str = option("auto", "auto: bf16 autocast on CUDA or CPUs with native bf16, else fp32",
                             ("auto", "bf16", "fp32"))
     device: str = option("auto", "auto: cuda when available", ("auto", "cpu", "cuda"))
-    grad_mod: bool = option(False, "OGM-GE gradient modulation (spec §5.1) with the right classifier halves")
+    grad_mod: bool = option(False, "OGM-GE gradient modulation (docs/model.md#ogm-ge) with the right classifier halves")
     grad_mod_alpha: float = option(0.1, "OGM-GE alpha: coeff = 1 - tanh(alpha * relu(ratio))")
     seed: int = option(1234, "seed of the model init, data order, augmentation and gradient noise")
     out_dir: str = option("runs/maavt", "where checkpoints, logs, curves and the resolved config go")

@@ -1,4 +1,4 @@
-"""Typed config: presets carry the spec's recipe, overrides are typed, bad keys/values are named."""
+"""Typed config: presets carry the release's recipe, overrides are typed, bad keys/values are named."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""Bad input: an error that names the file and the problem, or (skip_bad) a counted skip (issue 4)."""
+"""Bad input: an error that names the file and the problem, or (skip_bad) a counted skip."""
 from __future__ import annotations
 
 import shutil

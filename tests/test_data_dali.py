@@ -1,5 +1,5 @@
 """The DALI path on CPU (device_id=None): same samples as the CPU loader, same eval tensors up to stated
-tolerances, seeded train transforms (issue 4). GPU ("mixed") decoding is exercised by benchmarks/data.py."""
+tolerances, seeded train transforms. GPU ("mixed") decoding is exercised by benchmarks/data.py."""
 from __future__ import annotations
 
 import dataclasses

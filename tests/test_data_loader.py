@@ -90,7 +90,7 @@ def _test_image(cfg, clip):
 
 @pytest.mark.parametrize("parity_bug", [False, True])
 def test_background_pairs_swap_the_image_for_another_class(vgg, parity_bug):
-    """Audio stays the clip's own; the image comes from a clip of another class (spec §1.5)."""
+    """Audio stays the clip's own; the image comes from a clip of another class (docs/model.md#background-pairs)."""
     cfg = dataclasses.replace(vgg, bg_prob=0.5, train_augment=False, bg_relabel_only=parity_bug,
                               audio=dataclasses.replace(vgg.audio, train_random_crop=False, test_offset_seconds=0.0))
     ds = build_dataset(cfg, "train", 32, 3)

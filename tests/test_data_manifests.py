@@ -1,4 +1,4 @@
-"""Dataset indexes: the official layouts, class names, held-out validation, labels (spec §1.2-§1.4)."""
+"""Dataset indexes: the official layouts, class names, held-out validation, labels (docs/model.md#inputs)."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,4 @@
-"""Audio and image transforms of the CPU path against independent references (spec §1.2-§1.4)."""
+"""Audio and image transforms of the CPU path against independent references (docs/model.md#inputs)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Parameter counts (spec §9), official checkpoints (Appendix A), trainable state and input errors."""
+"""Parameter counts and official checkpoints (docs/model.md), trainable state and input errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -39,7 +39,7 @@ def test_variant_counts_match_spec(overrides, spec_count):
 
 
 def _official_state_dict(model: MAAVT) -> dict[str, torch.Tensor]:
-    """A state dict laid out as the official code saves it (spec Appendix A), written out by hand."""
+    """A state dict laid out as the official code saves it (docs/model.md#official-checkpoints), written out by hand."""
     sd = {f"ViT.v.{k}": v for k, v in model.vit.state_dict().items()}
     dim = model.vit.embed_dim
     sd["ViT.v.head.weight"], sd["ViT.v.head.bias"] = torch.randn(21, dim), torch.randn(21)

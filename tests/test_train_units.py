@@ -55,7 +55,7 @@ def test_batch_counts_match_hand_computed_metrics():
     m = summarize(batch_counts(fg, bg, label))
     assert m["fg_acc"] == pytest.approx(2 / 3)
     assert m["bg_acc"] == pytest.approx(3 / 4)
-    assert m["total_acc"] == pytest.approx((2 / 3 * 3 + 3 / 4 * 1) / 4)  # spec §6.2 per-batch formula
+    assert m["total_acc"] == pytest.approx((2 / 3 * 3 + 3 / 4 * 1) / 4)  # docs/model.md#metrics
     # bg-aware prediction: [0 ok, bg (wrong), 2 ok, bg ok] -> 3/4
     assert m["pred_acc"] == pytest.approx(3 / 4)
     assert (m["samples"], m["bg_samples"]) == (4, 1)

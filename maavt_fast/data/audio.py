@@ -1,4 +1,4 @@
-"""Waveform -> log-spectrogram, the CPU reference that the DALI path must match (spec §1.2-§1.4).
+"""Waveform -> log-spectrogram, the CPU reference that the DALI path must match (docs/model.md#inputs).
 
 Shapes: a waveform is (n,) float32; `stft_spectrogram` returns (n_fft // 2 + 1, 1 + n // hop) float32
 (frequency x time); `fbank_spectrogram` returns (img_size, img_size) float32 (time x mel, as AVE's release).

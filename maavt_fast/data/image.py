@@ -1,4 +1,4 @@
-"""Frames -> normalised (3, S, S) float32 tensors (spec §1.2-§1.4), the CPU reference for DALI.
+"""Frames -> normalised (3, S, S) float32 tensors (docs/model.md#inputs), the CPU reference for DALI.
 
 Train: RandomResizedCrop(S) (torchvision's algorithm, scale (0.08, 1), ratio (3/4, 4/3)) with its
 parameters drawn from a given numpy generator, then a horizontal flip with probability 0.5.

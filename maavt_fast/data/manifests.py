@@ -1,4 +1,4 @@
-"""Clip indexes for the official dataset layouts (spec §1.2-§1.4) and a plain CSV manifest.
+"""Clip indexes for the official dataset layouts (docs/model.md#inputs) and a plain CSV manifest.
 
 VGGSound  root/vggsound.csv (youtube_id,start_sec,class_name,split; no header),
           root/frames/{train,test}/Image-01-FPS/<id>_<start:06d>.mp4/*.jpg, root/audio/{train,test}/<id>_<start:06d>.wav
@@ -29,7 +29,7 @@ from maavt_fast.data.sampling import split_rng
 log = logging.getLogger(__name__)
 _WARNED: set[tuple] = set()  # (root, split, count) of the left-out rows already reported: once per process
 
-CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # label order of the release (spec §1.3)
+CREMAD_CLASSES = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")  # label order of the release (docs/model.md#inputs)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 VGGSOUND_MIN_FRAMES = 4  # the release keeps a clip only if its frame folder holds more than 3 files
@@ -296,7 +296,7 @@ def _read_h5(path: Path, key: str) -> np.ndarray:
 
 
 def _index_ave(cfg: DataConfig, split: str) -> Index:
-    """Every 1-s segment is a sample; the last one-hot column (background) maps to BG_LABEL (spec §1.4)."""
+    """Every 1-s segment is a sample; the last one-hot column (background) maps to BG_LABEL (docs/model.md#inputs)."""
     ids, categories, labels = _ave_tables(cfg.root)
     n_fg = labels.shape[2] - 1
     classes: list[str | None] = [None] * n_fg

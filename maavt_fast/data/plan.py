@@ -38,7 +38,7 @@ class Plan:
 
 
 def list_frames(folder: Path) -> list[Path]:
-    """Image files of a frame folder in sorted order (the release's CREMA-D listdir bug fixed, spec §8 Q20)."""
+    """Image files of a frame folder in sorted order (a CREMA-D bug of the release, docs/model.md#bugs-we-fix)."""
     if not folder.is_dir():
         raise DataError(folder, "frame folder is missing")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
@@ -63,7 +63,7 @@ def choose_frames(rule: str, n: int, count: int, offset: int, cfg: DataConfig, r
 
 
 def background_partner(labels: np.ndarray, index: int, rng: np.random.Generator) -> int:
-    """A uniformly drawn clip whose class differs from clip `index`'s (spec §1.5, fixed).
+    """A uniformly drawn clip whose class differs from clip `index`'s (docs/model.md#background-pairs).
 
     labels: (N,) class of each clip; the caller ensures there are at least two classes.
     """

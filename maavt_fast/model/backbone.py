@@ -169,7 +169,7 @@ def position_embedding(vit: VisionTransformer, with_bg: bool, release_quirks: bo
     """Positional embedding `(1, 1 + P (+1 with the BG token), D)` for `[CLS, patches(, BG)]`.
 
     release_quirks: the release resamples the 1-D (1, 1+P, D) table linearly to the longer sequence when the BG
-    token is on (spec §2.2). Otherwise the original table is kept and BG gets a zero embedding.
+    token is on (docs/model.md#token-layout). Otherwise the original table is kept and BG gets a zero embedding.
     """
     pos = vit.pos_embed
     if not with_bg:

@@ -80,7 +80,7 @@ def attention(qkv: torch.Tensor, layout: Layout, num_heads: int, backend: str) -
 
 
 def cls_attention_map(q: torch.Tensor, k: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """The release's visualisation map (spec §3.3) from one stream's `q, k (n, L, H, hd)`.
+    """The release's visualisation map (docs/model.md#attention-maps) from one stream's `q, k (n, L, H, hd)`.
 
     softmax over the patch keys of the head-mean of the scaled CLS-query logits -> `(n, num_patches)`.
     """

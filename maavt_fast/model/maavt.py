@@ -1,4 +1,4 @@
-"""MA-AVT with the fast path (spec §2-§5, DESIGN.md "The model's fast path").
+"""MA-AVT with the fast path (docs/model.md, docs/architecture.md#the-fast-path).
 
 Both streams run through each frozen block in one pass over a flat token matrix; the learnable
 tokens are computed once per step; the blockwise contrastive loss is one projection + one loss call.
@@ -57,7 +57,7 @@ class MAAVT(nn.Module):
         self.cfg = cfg
         self.vit = build_vit(cfg, vit_weights_follow)
         dim, depth = self.vit.embed_dim, len(self.vit.blocks)
-        self.vit.cls_token.requires_grad_(cfg.release_quirks)  # the release trains the ViT CLS token (spec §2.4)
+        self.vit.cls_token.requires_grad_(cfg.release_quirks)  # trained in the release: docs/model.md#release-quirks
         self.tokens = LearnableTokens(cfg, dim)
         self.bg_cls_token = nn.Parameter(torch.randn(1, dim)) if cfg.bg_token else None
         n_heads = {"blockwise_sep": depth, "blockwise_cmn": 1, "final": 1}.get(cfg.contrastive, 0)
@@ -162,7 +162,7 @@ class MAAVT(nn.Module):
                 p.copy_(sd[k])
 
     def modality_parameters(self) -> dict[str, list[nn.Parameter]]:
-        """What OGM-GE gradient modulation scales (spec §5.1): each modality's tokens, LSA and projections."""
+        """What OGM-GE gradient modulation scales: each modality's tokens, LSA, projections (docs/model.md#ogm-ge)."""
         out: dict[str, list[nn.Parameter]] = {"audio": [], "visual": []}
         for m, proj in (("audio", self.audio_proj), ("visual", self.visual_proj)):
             if m in self.tokens.groups:

@@ -1,4 +1,4 @@
-"""Loading checkpoints written by the official MA-AVT code (spec Appendix A) into `MAAVT`.
+"""Loading checkpoints written by the official MA-AVT code (docs/model.md#official-checkpoints) into `MAAVT`.
 
 The official `model_{best,latest}.pth.tar` is `{"state_dict": {"module.<name>": tensor}, ...}` with
 `ViT.v.*` backbone keys, per-block `audio_proj.{i}` / `vis_proj.{i}` heads and unused `logit_scale`.

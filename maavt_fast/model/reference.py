@@ -1,10 +1,10 @@
-"""The release's computation order (spec §3, §4), kept as the oracle for tests and the baseline for benchmarks.
+"""The release's computation order (docs/model.md#release-order-reference): the tests' oracle, the benchmarks' baseline.
 
 `ReferenceMAAVT` has exactly `MAAVT`'s parameters (it subclasses it, so one state dict loads into
 both) but computes like the official code: the spectrogram copied to 3 channels, two separate passes
 per block, explicit softmax attention with the full matrix in every block, the LSA run on N copies of
 the tokens, and a Python loop over blocks for the contrastive loss with boolean indexing. The
-release's clear bugs stay fixed (spec §8: batch size 1, explicit index ranges, correct token counts).
+release's clear bugs stay fixed (docs/model.md#bugs-we-fix: batch size 1, explicit index ranges, correct token counts).
 """
 from __future__ import annotations
 

@@ -1,11 +1,11 @@
-"""Learnable audio / visual / shared tokens and their LSA re-parameterisation (spec §2.3, §3.1).
+"""Learnable audio / visual / shared tokens and their LSA re-parameterisation (docs/model.md#learnable-tokens-and-lsa).
 
 Vocabulary: a *token group* is one set of learnable tokens (audio, visual or shared); its *LSA*
 (learnable-token self-attention) is a small multi-head self-attention owned by that group; *group
 attention* (`maavt_fast.ops.group_attention`) is the op that runs several groups' LSAs in one call.
 
 The LSA input is the token matrix itself, identical for every sample, so the re-parameterised tokens
-are computed once per step as `(n, D)` and broadcast over the batch (DESIGN.md item 1); groups of
+are computed once per step as `(n, D)` and broadcast over the batch (docs/architecture.md#lsa-once-per-step); groups of
 equal size run in one `group_attention` call.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Blockwise contrastive loss (spec §4) over stacked per-block features.
+"""Blockwise contrastive loss (docs/model.md#blockwise-contrastive-loss) over stacked per-block features.
 
 Shapes: audio, visual `(L, B, P)` (L blocks, B rows, P features), or `(B, P)` for one block (the result
 is then that of `(1, B, P)` with the block axis squeezed); keep `(B,)` bool (False = background row,

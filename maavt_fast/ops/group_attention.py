@@ -1,4 +1,4 @@
-"""Multi-head self-attention inside small token groups (the MA-AVT "LSA", spec §3.1).
+"""Multi-head self-attention inside small token groups (the MA-AVT "LSA", docs/model.md#learnable-tokens-and-lsa).
 
 Shapes: x `(G, M, n, D)` — G groups with their own weights, M sequences per group, n tokens;
 qkv_weight `(G, 3D, D)`, qkv_bias `(G, 3D)`, proj_weight `(G, D, D)`, proj_bias `(G, D)`.

@@ -138,7 +138,7 @@ def save_checkpoint(path: str | Path, *, model, cfg: Config, optimizer: torch.op
 
 
 def is_official(obj) -> bool:
-    """An official `model_{latest,best}.pth.tar` (spec Appendix A): a dict with `state_dict` and `epoch`."""
+    """An official `model_{latest,best}.pth.tar` (docs/model.md#official-checkpoints): `state_dict`, `epoch`, ..."""
     return isinstance(obj, dict) and "state_dict" in obj and "format" not in obj
 
 

@@ -1,4 +1,4 @@
-"""OGM-GE gradient modulation (spec §5.1), with the classifier halves the right way round.
+"""OGM-GE gradient modulation (docs/model.md#ogm-ge), with the classifier halves the right way round.
 
 Coefficients: per modality m, score_m = sum over non-background rows (of all ranks) of
 softmax(logits_m)[i, y_i], where logits_m are the FG classifier's half for modality m (the model's

@@ -1,4 +1,4 @@
-"""Accuracy metrics of spec §6.2 plus a background-aware prediction accuracy, as summable counts.
+"""The release's accuracy metrics and a background-aware one, as summable counts (docs/model.md#metrics).
 
 Every batch becomes one small count vector on the device (no host sync); counts are summed over
 batches and all-reduced over ranks, and only `summarize` turns them into ratios:

@@ -2,8 +2,8 @@
 
 The confusion matrix shows row-normalised cells (the fraction of each true class predicted as each class)
 with a colour bar, their values printed up to `CELL_VALUES_UP_TO` classes, and a table of the most
-confused pairs (readable at VGGSound's 309 classes). Attention maps (spec §7, with its black-map bug
-fixed): the last block's CLS-row attention over the patches (`MAAVTOutput.attn`, (N, S/16, S/16), softmax
+confused pairs (readable at VGGSound's 309 classes). Attention maps (docs/model.md#attention-maps;
+black-map bug fixed): the last block's CLS-row attention over the patches (`MAAVTOutput.attn`, (N, S/16, S/16), softmax
 values that sum to 1), min-max normalised per sample, upsampled to the frame and blended with it, next to
 the frame and the model's spectrogram (labelled axes), one clip per class where the data allows.
 matplotlib is imported inside the functions (its object API: no global backend is chosen).
