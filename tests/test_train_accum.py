@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +13,7 @@ from conftest import random_batch, tiny_config
 from maavt_fast.config import ConfigError, apply_overrides
 from maavt_fast.data import synthesize
 from maavt_fast.train.accumulate import AccumulatingTrainStep
+from maavt_fast.train.checkpoint import read_checkpoint
 from maavt_fast.train.run import build_model, run_train
 from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
 
@@ -135,3 +139,29 @@ def test_logged_loss_at_step_one_is_the_same_for_accum_1_and_2(tmp_path, compile
     one = _first_logged_loss(root, tmp_path / "a1", 1, compile)
     two = _first_logged_loss(root, tmp_path / "a2", 2, compile)
     assert one == pytest.approx(two, rel=1e-5)
+
+
+def test_two_ranks_with_accumulation_equal_one_process_on_the_global_batch(tmp_path):
+    """torchrun, 2 gloo ranks x 2 micro-batches of 1 clip = one process on the global batch of 4 (BG rows on)."""
+    root = synthesize(tmp_path / "data", num_classes=5, clips_per_class=8, seed=1, image_size=32)
+    overrides = {"data.root": str(root), "data.bg_prob": "0.3", "data.num_workers": "0", "train.batch_size": "4",
+                 "train.max_steps": "2", "train.precision": "fp32", "train.compile": "false", "train.lr": "1e-3",
+                 "train.grad_mod": "true", "train.clip_grad_norm": "0.5"}
+    cfg = apply_overrides(tiny_config(), {**overrides, "train.out_dir": str(tmp_path / "single")})
+    single = read_checkpoint(run_train(cfg, test_split=None)[0].latest)
+    args = [a for k, v in {**overrides, "train.accum_steps": "2", "train.out_dir": str(tmp_path / "ddp")}.items()
+            for a in (f"--{k}", v)]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "maavt_fast", "train", "--preset", "tiny", "--no-test", *args],
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "on 2 x cpu" in proc.stdout and "in 2 micro-batches" in proc.stdout
+    ddp = read_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pt")
+    assert single["loop"]["step"] == ddp["loop"]["step"] == 2
+    for i, state in single["optimizer"]["state"].items():  # Adam's moments hold the gradients of both steps
+        for key in ("exp_avg", "exp_avg_sq"):
+            ref = state[key]
+            torch.testing.assert_close(ddp["optimizer"]["state"][i][key], ref, rtol=1e-4,
+                                       atol=1e-5 * ref.abs().max().item(), msg=lambda m: f"param {i} {key}: {m}")
+    losses = [[r["loss"] for r in run["loop"]["history"] if r["event"] == "train"] for run in (single, ddp)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and losses[0]
