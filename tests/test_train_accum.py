@@ -13,7 +13,7 @@ from conftest import random_batch, tiny_config
 from maavt_fast.config import ConfigError, apply_overrides
 from maavt_fast.data import synthesize
 from maavt_fast.train.accumulate import AccumulatingTrainStep
-from maavt_fast.train.checkpoint import read_checkpoint
+from maavt_fast.train.checkpoint import CheckpointError, check_resume_config, read_checkpoint
 from maavt_fast.train.run import build_model, run_train
 from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
 
@@ -121,6 +121,14 @@ def test_batch_that_does_not_split_is_refused():
 def test_config_validation(overrides, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(tiny_config(), overrides).validate()
+
+
+def test_a_run_may_resume_with_other_accum_steps():
+    """Accumulation is exact, so the trajectory does not depend on it (e.g. resume on a smaller GPU)."""
+    saved = tiny_config(train__batch_size="8").to_dict()
+    check_resume_config(saved, tiny_config(train__batch_size="8", train__accum_steps="4"), "latest.pt")
+    with pytest.raises(CheckpointError, match="train.batch_size"):  # the global batch itself may not change
+        check_resume_config(saved, tiny_config(train__batch_size="4", train__accum_steps="4"), "latest.pt")
 
 
 def _first_logged_loss(root, out_dir, accum_steps: int, compile: bool = False) -> float:
