@@ -14,7 +14,8 @@ whole process's peak (imports and compilation included).
 
 `--accum` measures gradient accumulation instead: fast-eager training steps of the same global batch in
 1, 2 and 4 micro-batches (`train.accum_steps`, `maavt_fast.train.accumulate`); the `accum_steps` column
-says which, and the speedup / peak ratios are against the accum_steps=1 row of the shape.
+says which, and the speedup / peak ratios are against the accum_steps=1 row of the shape. Its rows go to
+`<out>/e2e.accum.json` / `.csv`.
 
 `--interleaved` instead takes the training steps of a shape's rows in turns in one process, with a
 GEMM of each dtype every round (`e2e.interleaved.json`): on a shared machine, the steadiest ratios.
@@ -241,7 +242,7 @@ def run_interleaved(settings: Settings, context: dict) -> list[dict]:
         for c in cases:
             med, ceiling = statistics.median(times[c]), statistics.median(gemm[c.precision])
             achieved = flops / (med * 1e-3) / 1e12
-            row = context | dataclasses.asdict(c) | {
+            row = context | case_columns(c) | {
                 "shape": shape, "train_ms": med, "train_p20_ms": harness.percentile(times[c], 0.2),
                 "train_p80_ms": harness.percentile(times[c], 0.8), "train_speedup": ref / med if ref else None,
                 "flops_per_step": flops, "achieved_tflops": achieved, "gemm_tflops": ceiling,
@@ -295,7 +296,7 @@ def _run_in_process(case: Case, settings: Settings) -> dict:
 
 ROW_KEYS = (  # every row has exactly these columns (CSV-safe); None where a value does not apply
     "device", "device_type", "device_detail", "torch", "triton", "timm", "commit", "date", "run_id", "threads", "load_1min", "note",
-    "shape", "vit", "img_size", "depth", "batch", "impl", "precision", "accum_steps",
+    "shape", "vit", "img_size", "depth", "batch", "impl", "precision",
     "train_ms", "train_p20_ms", "train_p80_ms", "train_samples_per_s", "train_speedup", "train_speedup_adj",
     "train_first_call_s", "train_peak_mb", "train_peak_ratio",
     "infer_ms", "infer_p20_ms", "infer_p80_ms", "infer_samples_per_s", "infer_speedup", "infer_speedup_adj",
@@ -304,11 +305,21 @@ ROW_KEYS = (  # every row has exactly these columns (CSV-safe); None where a val
     "published_peak_tflops", "mfu",
     "final_loss", "profile", "error",
 )
+ACCUM_ROW_KEYS = ROW_KEYS + ("accum_steps",)  # --accum rows (their own file): the micro-batches per step
 
 
-def finish_row(case: Case, measured: dict, ref: dict | None, flops: int, context: dict) -> dict:
+def case_columns(case: Case, accum: bool = False) -> dict:
+    """The case's row columns: `accum_steps` only in --accum rows (the other files keep their columns)."""
+    columns = dataclasses.asdict(case)
+    if not accum:
+        del columns["accum_steps"]
+    return columns
+
+
+def finish_row(case: Case, measured: dict, ref: dict | None, flops: int, context: dict, accum: bool = False) -> dict:
     """Flat row: context + case + measurements, ratios to `ref` (the shape's reference row) and roofline numbers."""
-    row = dict.fromkeys(ROW_KEYS) | context | dataclasses.asdict(case) | {"shape": case.shape} | measured
+    row = dict.fromkeys(ACCUM_ROW_KEYS if accum else ROW_KEYS) | context | case_columns(case, accum) | \
+        {"shape": case.shape} | measured
     row["load_1min"] = round(os.getloadavg()[0], 2)  # at the end of this row (the context's is the run's start)
     if row["error"] is not None:
         return row
@@ -395,19 +406,20 @@ def run(settings: Settings) -> list[dict]:
     if settings.interleaved:
         return run_interleaved(settings, context)
     flops, refs, rows = {}, earlier_references(settings.out, settings.run_id), []
+    name = "e2e.accum" if settings.accum else "e2e"
     for case in settings.cases:
         if case.shape not in flops:
             flops[case.shape] = count_flops(case, dev)
             print(f"{case.shape}: {flops[case.shape] / 1e9:.1f} GFLOP per training step (counted)", flush=True)
         measured = run_case_in_subprocess(case, settings.timing, settings.gemm_n, settings.profile) \
             if dev.type == "cpu" else _run_in_process(case, settings)
-        row = finish_row(case, measured, refs.get(case.shape), flops[case.shape], context)
+        row = finish_row(case, measured, refs.get(case.shape), flops[case.shape], context, settings.accum)
         if case.impl == "reference" or (case.accum_steps == 1 and settings.accum):
             refs[case.shape] = row
         print_row(row)
-        harness.append_rows([row], settings.out, "e2e")  # one row at a time: a timeout keeps what finished
+        harness.append_rows([row], settings.out, name)  # one row at a time: a timeout keeps what finished
         rows.append(row)
-    print(f"appended {len(rows)} rows to {settings.out / 'e2e.json'} and {settings.out / 'e2e.csv'}")
+    print(f"appended {len(rows)} rows to {settings.out / name}.json and .csv")
     return rows
 
 
