@@ -149,11 +149,14 @@ def test_logged_loss_at_step_one_is_the_same_for_accum_1_and_2(tmp_path, compile
     assert one == pytest.approx(two, rel=1e-5)
 
 
-def test_two_ranks_with_accumulation_equal_one_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_two_ranks_with_accumulation_equal_one_process_on_the_global_batch(tmp_path, compile):
     """torchrun, 2 gloo ranks x 2 micro-batches of 1 clip = one process on the global batch of 4 (BG rows on)."""
+    torch._dynamo.reset()
     root = synthesize(tmp_path / "data", num_classes=5, clips_per_class=8, seed=1, image_size=32)
     overrides = {"data.root": str(root), "data.bg_prob": "0.3", "data.num_workers": "0", "train.batch_size": "4",
-                 "train.max_steps": "2", "train.precision": "fp32", "train.compile": "false", "train.lr": "1e-3",
+                 "train.max_steps": "2", "train.precision": "fp32", "train.compile": str(compile).lower(),
+                 "train.lr": "1e-3",
                  "train.grad_mod": "true", "train.clip_grad_norm": "0.5"}
     cfg = apply_overrides(tiny_config(), {**overrides, "train.out_dir": str(tmp_path / "single")})
     single = read_checkpoint(run_train(cfg, test_split=None)[0].latest)
