@@ -116,7 +116,8 @@ def test_batch_that_does_not_split_is_refused():
 
 @pytest.mark.parametrize("overrides,message", [
     ({"train.accum_steps": "0"}, "train.accum_steps must be >= 1"),
-    ({"train.batch_size": "6", "train.accum_steps": "4"}, "train.batch_size=6 must be divisible by train.accum_steps=4"),
+    ({"train.batch_size": "6", "train.accum_steps": "4"},
+     "train.batch_size=6 must be divisible by train.accum_steps=4"),
 ])
 def test_config_validation(overrides, message):
     with pytest.raises(ConfigError, match=message):
