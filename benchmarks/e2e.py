@@ -12,11 +12,17 @@ state: on CUDA `max_memory_allocated`; on CPU each row runs in a fresh process a
 of its peak RSS (VmHWM, after returning freed heap with `malloc_trim`); `process_peak_rss_mb` is the
 whole process's peak (imports and compilation included).
 
+`--accum` measures gradient accumulation instead: fast-eager training steps of the same global batch in
+1, 2 and 4 micro-batches (`train.accum_steps`, `maavt_fast.train.accumulate`); the `accum_steps` column
+says which, and the speedup / peak ratios are against the accum_steps=1 row of the shape. Its rows go to
+`<out>/e2e.accum.json` / `.csv`.
+
 `--interleaved` instead takes the training steps of a shape's rows in turns in one process, with a
 GEMM of each dtype every round (`e2e.interleaved.json`): on a shared machine, the steadiest ratios.
 
     maavt bench e2e [--quick] [--device cpu|cuda] [--out DIR] [--profile DIR] [--interleaved]
                     [--models vit_small_patch16_224,...] [--batches 4,8] [--impls reference,fast-eager]
+                    [--accum]
 """
 from __future__ import annotations
 
@@ -50,6 +56,7 @@ GPU_MODELS = ("vit_base_patch16_224.augreg_in21k",)
 GPU_BATCHES = (32, 64, 128)
 NUM_CLASSES = 309  # VGGSound head
 PROFILE_STEPS = 2
+ACCUM_STEPS = (1, 2, 4)  # --accum rows
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Case:
     precision: str  # "fp32" | "bf16" (autocast)
     img_size: int = 224
     depth: int | None = None  # None: the ViT's full depth
+    accum_steps: int = 1  # micro-batches per training step (the batch is the global batch of the step)
 
     @property
     def shape(self) -> str:
@@ -71,7 +79,8 @@ class Case:
     @property
     def name(self) -> str:
         vit = self.vit.split(".")[0]
-        return f"{vit}_{self.img_size}_d{self.depth or 'all'}_b{self.batch}_{self.impl}_{self.precision}"
+        accum = f"_accum{self.accum_steps}" if self.accum_steps > 1 else ""
+        return f"{vit}_{self.img_size}_d{self.depth or 'all'}_b{self.batch}_{self.impl}_{self.precision}{accum}"
 
     def model_config(self) -> ModelConfig:
         over = {"model.vit": self.vit, "model.img_size": str(self.img_size), "model.depth": str(self.depth),
@@ -103,6 +112,7 @@ class Settings:
     note: str = ""
     run_id: str | None = None  # rows of one run share it; the report shows each device's newest run
     interleaved: bool = False  # time the training steps of a shape's rows in turns in one process instead
+    accum: bool = False  # rows of ACCUM_STEPS micro-batches at the same global batch instead
 
 
 # ---------------------------------------------------------------------------------------------- measuring one row
@@ -159,14 +169,20 @@ class Calls:
 
 
 def make_calls(case: Case, device: torch.device) -> Calls:
-    """Model, inputs, `TrainStep` (compiled for fast-compiled) and the eval forward of one row."""
+    """Model, inputs, `TrainStep` (compiled for fast-compiled; `AccumulatingTrainStep` with accum_steps > 1) and
+    the eval forward of one row."""
+    from maavt_fast.train.accumulate import AccumulatingTrainStep
     from maavt_fast.train.step import TrainStep, build_optimizer, choose_precision
 
     model = build_model(case, device)
     audio, image, label = _batch(case, device)
     precision = choose_precision(case.precision, device)
     compiled = case.impl == "fast-compiled"
-    step = TrainStep(model, model, build_optimizer(model, 1e-4, 0.0, device), precision, device, compile=compiled)
+    optimizer = build_optimizer(model, 1e-4, 0.0, device)
+    if case.accum_steps > 1:
+        step = AccumulatingTrainStep(model, model, optimizer, precision, device, case.accum_steps, compile=compiled)
+    else:
+        step = TrainStep(model, model, optimizer, precision, device, compile=compiled)
     forward = torch.compile(model) if compiled else model
     last: dict = {}
     counter = itertools.count()
@@ -226,7 +242,7 @@ def run_interleaved(settings: Settings, context: dict) -> list[dict]:
         for c in cases:
             med, ceiling = statistics.median(times[c]), statistics.median(gemm[c.precision])
             achieved = flops / (med * 1e-3) / 1e12
-            row = context | dataclasses.asdict(c) | {
+            row = context | case_columns(c) | {
                 "shape": shape, "train_ms": med, "train_p20_ms": harness.percentile(times[c], 0.2),
                 "train_p80_ms": harness.percentile(times[c], 0.8), "train_speedup": ref / med if ref else None,
                 "flops_per_step": flops, "achieved_tflops": achieved, "gemm_tflops": ceiling,
@@ -289,11 +305,21 @@ ROW_KEYS = (  # every row has exactly these columns (CSV-safe); None where a val
     "published_peak_tflops", "mfu",
     "final_loss", "profile", "error",
 )
+ACCUM_ROW_KEYS = ROW_KEYS + ("accum_steps",)  # --accum rows (their own file): the micro-batches per step
 
 
-def finish_row(case: Case, measured: dict, ref: dict | None, flops: int, context: dict) -> dict:
+def case_columns(case: Case, accum: bool = False) -> dict:
+    """The case's row columns: `accum_steps` only in --accum rows (the other files keep their columns)."""
+    columns = dataclasses.asdict(case)
+    if not accum:
+        del columns["accum_steps"]
+    return columns
+
+
+def finish_row(case: Case, measured: dict, ref: dict | None, flops: int, context: dict, accum: bool = False) -> dict:
     """Flat row: context + case + measurements, ratios to `ref` (the shape's reference row) and roofline numbers."""
-    row = dict.fromkeys(ROW_KEYS) | context | dataclasses.asdict(case) | {"shape": case.shape} | measured
+    row = dict.fromkeys(ACCUM_ROW_KEYS if accum else ROW_KEYS) | context | case_columns(case, accum) | \
+        {"shape": case.shape} | measured
     row["load_1min"] = round(os.getloadavg()[0], 2)  # at the end of this row (the context's is the run's start)
     if row["error"] is not None:
         return row
@@ -335,7 +361,8 @@ def earlier_references(out: Path, run_id: str | None) -> dict[str, dict]:
 
 
 def print_row(r: dict) -> None:
-    head = f"{r['shape']:<32} {r['impl']:<14} {r['precision']:<5}"
+    head = f"{r['shape']:<32} {r['impl']:<14} {r['precision']:<5}" + (
+        f" accum {r['accum_steps']}" if (r.get("accum_steps") or 1) > 1 else "")
     if r["error"] is not None:
         print(f"{head} FAILED: {r['error'].strip().splitlines()[-1]}", flush=True)
         return
@@ -379,19 +406,20 @@ def run(settings: Settings) -> list[dict]:
     if settings.interleaved:
         return run_interleaved(settings, context)
     flops, refs, rows = {}, earlier_references(settings.out, settings.run_id), []
+    name = "e2e.accum" if settings.accum else "e2e"
     for case in settings.cases:
         if case.shape not in flops:
             flops[case.shape] = count_flops(case, dev)
             print(f"{case.shape}: {flops[case.shape] / 1e9:.1f} GFLOP per training step (counted)", flush=True)
         measured = run_case_in_subprocess(case, settings.timing, settings.gemm_n, settings.profile) \
             if dev.type == "cpu" else _run_in_process(case, settings)
-        row = finish_row(case, measured, refs.get(case.shape), flops[case.shape], context)
-        if case.impl == "reference":
+        row = finish_row(case, measured, refs.get(case.shape), flops[case.shape], context, settings.accum)
+        if case.impl == "reference" or (case.accum_steps == 1 and settings.accum):
             refs[case.shape] = row
         print_row(row)
-        harness.append_rows([row], settings.out, "e2e")  # one row at a time: a timeout keeps what finished
+        harness.append_rows([row], settings.out, name)  # one row at a time: a timeout keeps what finished
         rows.append(row)
-    print(f"appended {len(rows)} rows to {settings.out / 'e2e.json'} and {settings.out / 'e2e.csv'}")
+    print(f"appended {len(rows)} rows to {settings.out / name}.json and .csv")
     return rows
 
 
@@ -401,9 +429,16 @@ def _csv(kind):
     return lambda s: tuple(kind(x) for x in s.split(",") if x)
 
 
-def build_cases(device: torch.device, quick: bool, models, batches, impls, precisions) -> list[Case]:
+def build_cases(device: torch.device, quick: bool, models, batches, impls, precisions,
+                accum: bool = False) -> list[Case]:
     from maavt_fast.train.step import cpu_has_native_bf16
 
+    if accum:  # ViT-S (quick: the tiny model) fast-eager, fp32 on CPU, at a global batch that splits in 4
+        models = models or (("vit_tiny_patch16_224",) if quick else ("vit_small_patch16_224",))
+        batches, size, depth = batches or ((4,) if quick else (8,)), 32 if quick else 224, 2 if quick else None
+        precisions = precisions or (("bf16",) if device.type == "cuda" else ("fp32",))
+        return [Case(vit, b, impl, p, size, depth, k) for vit in models for b in batches
+                for impl in impls or ("fast-eager",) for p in precisions for k in ACCUM_STEPS if b % k == 0]
     if quick:
         models, batches, size, depth = models or ("vit_tiny_patch16_224",), batches or (2,), 32, 2
     elif device.type == "cuda":
@@ -440,6 +475,9 @@ def parse_args(argv: list[str]) -> Settings:
     p.add_argument("--interleaved", action="store_true",
                    help="instead: training steps of each shape's rows in turns in one process (steady ratios on a "
                         "shared machine; no memory, inference or roofline), to e2e.interleaved.json")
+    p.add_argument("--accum", action="store_true",
+                   help=f"instead: gradient accumulation, fast-eager steps of one global batch in "
+                        f"{'/'.join(map(str, ACCUM_STEPS))} micro-batches (accum_steps column)")
     p.add_argument("--run-id", default=None, help="continue an earlier run (its rows are rendered together)")
     a = p.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
@@ -450,9 +488,11 @@ def parse_args(argv: list[str]) -> Settings:
     repeats = a.repeats or (1 if a.quick else 20 if device.type == "cuda" else 5)
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
     gemm_n = 256 if a.quick else 8192 if device.type == "cuda" else 2048
-    cases = build_cases(device, a.quick, a.models, a.batches, a.impls, a.precisions)
+    if a.accum and a.interleaved:
+        p.error("--accum and --interleaved are separate modes: give one")
+    cases = build_cases(device, a.quick, a.models, a.batches, a.impls, a.precisions, a.accum)
     return Settings(device, cases, Timing(warmup, repeats, a.threads), a.out, a.profile, gemm_n, a.note, a.run_id,
-                    a.interleaved)
+                    a.interleaved, a.accum)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -205,6 +205,9 @@ class TrainConfig:
     """Optimisation and the loop . Defaults: the release's effective VGGSound recipe (docs/model.md#training-recipe)."""
 
     batch_size: int = option(256, "global batch size, split evenly over the ranks")
+    accum_steps: int = option(1, "micro-batches per optimizer step: each rank runs batch_size / (ranks x "
+                                 "accum_steps) clips at a time, with the gradients of the whole batch (exact, "
+                                 "also for the contrastive loss; costs one extra forward)")
     epochs: int = option(50, "passes over the training split")
     max_steps: int | None = option(None, "stop after this many optimizer steps (None: run all epochs)")
     optimizer: str = option("adam", "adam: the release's (weight_decay as L2 on the gradient); adamw: decoupled "
@@ -239,12 +242,16 @@ class TrainConfig:
     def validate(self) -> None:
         self.tensorboard = self.tensorboard.lower()  # a YAML `true` arrives as "True"
         check_choices(self, "train.")
-        for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs", "dist_timeout_s"):
+        for name in ("batch_size", "epochs", "log_every", "ckpt_every", "eval_every", "step_epochs", "dist_timeout_s",
+                     "accum_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "eval_batches", "patience"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"train.{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.batch_size % self.accum_steps:
+            raise ConfigError(f"train.batch_size={self.batch_size} must be divisible by "
+                              f"train.accum_steps={self.accum_steps}")
         if not 0 < self.lr <= FLOAT32_MAX:
             raise ConfigError(f"train.lr must be > 0 and fit a float32 (<= {FLOAT32_MAX:.4g}), got {self.lr}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
@@ -264,6 +271,9 @@ class Config:
         self.data.validate()
         self.data.check_img_size(self.model.img_size)
         self.train.validate()
+        if self.train.accum_steps > 1 and self.model.contrastive_loss == "sigmoid" and self.model.contrastive != "none":
+            raise ConfigError("train.accum_steps > 1 supports model.contrastive_loss='infonce' only (the sigmoid "
+                              "loss's learnable scale and bias are not in the gradient cache yet)")
         return self
 
     def to_dict(self) -> dict:

@@ -123,3 +123,19 @@ def test_maavt_bench_runs_the_benchmark_module(capfd, name):
 
     assert cli.main(["bench", name, "--help"]) == 0
     assert f"usage: python -m benchmarks.{name}" in capfd.readouterr().out
+
+
+def test_quick_accum_run_writes_rows_of_each_accum_steps(tmp_path):
+    """--accum --quick: fast-eager rows of one global batch in 1, 2 and 4 micro-batches, well-formed."""
+    subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--quick", "--accum", "--device", "cpu",
+                    "--out", str(tmp_path)], check=True, capture_output=True, text=True, cwd=ROOT)
+    assert not (tmp_path / "e2e.json").exists()  # the main table's newest run stays the main benchmark's
+    rows = json.loads((tmp_path / "e2e.accum.json").read_text())
+    assert [(r["impl"], r["batch"], r["accum_steps"]) for r in rows] == [("fast-eager", 4, k) for k in (1, 2, 4)]
+    for r in rows:
+        assert set(r) == set(e2e.ACCUM_ROW_KEYS) and r["error"] is None
+        assert r["train_samples_per_s"] > 0 and r["train_peak_mb"] >= 0 and r["process_peak_rss_mb"] > 0
+        assert r["shape"] == rows[0]["shape"]  # the same global batch
+    assert rows[0]["train_speedup"] is None and all(r["train_speedup"] > 0 for r in rows[1:])  # vs accum 1
+    with (tmp_path / "e2e.accum.csv").open() as f:
+        assert [line["accum_steps"] for line in csv.DictReader(f)] == ["1", "2", "4"]

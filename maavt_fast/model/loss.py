@@ -40,14 +40,7 @@ class MAAVTLoss:
             raise ValueError(f"label must hold one entry per row of fg_logits ({out.fg_logits.shape[0]}); "
                              f"got {tuple(label.shape)}")
         keep = label != BG_LABEL
-        n_fg = keep.sum() if self.group is None else mean_over_ranks(keep.sum(), self.group)
-        ce = F.cross_entropy(_upcast(out.fg_logits), label.clamp(min=0), reduction="none")
-        out.loss_fg = (ce * keep).sum() / n_fg.clamp(min=1)
-        out.loss = out.loss_fg
-        if out.bg_logits is not None:
-            bg_logits = _upcast(out.bg_logits)
-            out.loss_bg = F.binary_cross_entropy_with_logits(bg_logits, (~keep).to(bg_logits.dtype))
-            out.loss = out.loss + out.loss_bg
+        self._classification(out, label, keep, self.fg_normaliser(label))
         if out.contrastive_features is not None:
             out.loss_contrastive = self._contrastive(out, keep)
             out.loss = out.loss + out.loss_contrastive
@@ -64,7 +57,38 @@ class MAAVTLoss:
         scale, bias = out.contrastive_scale_bias
         return blockwise_sigmoid_loss(audio, visual, keep, scale, bias, gather=gather, group=self.group)
 
+    def fg_normaliser(self, label: torch.Tensor) -> torch.Tensor:
+        """What loss_fg divides by for labels `(N,)` or `(B, T)`: the FG-row count (with a group: its mean
+        over the ranks), at least 1."""
+        n_fg = (label.reshape(-1) != BG_LABEL).sum()
+        return (n_fg if self.group is None else mean_over_ranks(n_fg, self.group)).clamp(min=1)
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
+    def classification_share(self, out: MAAVTOutput, label: torch.Tensor, fg_normaliser: torch.Tensor,
+                             batch_rows: int) -> MAAVTOutput:
+        """A micro-batch's share of the FG and BG losses: `out` and `label` hold some of the `batch_rows` local
+        rows of a batch whose `fg_normaliser` is given; the shares of all micro-batches add up to that batch's
+        loss_fg and loss_bg. Sets loss_fg, loss_bg and loss (their sum); the contrastive term is not computed."""
+        label = label.reshape(-1)
+        self._classification(out, label, label != BG_LABEL, fg_normaliser, batch_rows)
+        return out
+
+    @staticmethod
+    def _classification(out: MAAVTOutput, label: torch.Tensor, keep: torch.Tensor, fg_normaliser: torch.Tensor,
+                        bg_rows: int | None = None) -> None:
+        """Sets loss_fg, loss_bg and loss = their sum; the BCE is a mean over the rows (`bg_rows`: a sum / bg_rows)."""
+        ce = F.cross_entropy(upcast(out.fg_logits), label.clamp(min=0), reduction="none")
+        out.loss_fg = (ce * keep).sum() / fg_normaliser
+        out.loss = out.loss_fg
+        if out.bg_logits is not None:
+            bg_logits = upcast(out.bg_logits)
+            target = (~keep).to(bg_logits.dtype)
+            if bg_rows is None:
+                out.loss_bg = F.binary_cross_entropy_with_logits(bg_logits, target)
+            else:
+                out.loss_bg = F.binary_cross_entropy_with_logits(bg_logits, target, reduction="sum") / bg_rows
+            out.loss = out.loss + out.loss_bg
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
     """Losses run in at least fp32 (bf16/fp16 logits under autocast are upcast)."""
     return x.to(torch.promote_types(x.dtype, torch.float32))

@@ -193,7 +193,7 @@ def load_weights(ckpt: dict, model, path: str | Path) -> None:
 # Fields a resumed run may change without leaving the uninterrupted run's trajectory.
 RESUMABLE_CHANGES = frozenset({"train.epochs", "train.max_steps", "train.log_every", "train.ckpt_every",
                                "train.eval_every", "train.eval_batches", "train.out_dir", "train.device",
-                               "train.patience",
+                               "train.patience", "train.accum_steps",
                                "train.dist_timeout_s", "train.tensorboard",
                                "data.root", "data.num_workers"})
 

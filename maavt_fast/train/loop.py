@@ -26,6 +26,7 @@ require_found("train", __name__, ("timm", "matplotlib"))
 
 from maavt_fast.config import Config, ConfigError
 from maavt_fast.model.loss import MAAVTLoss
+from maavt_fast.train.accumulate import AccumulatingTrainStep
 from maavt_fast.train.checkpoint import LoopState, read_checkpoint, restore_training, save_checkpoint
 from maavt_fast.train.distributed import DistInfo, all_reduce_sum, barrier
 from maavt_fast.train.early_stop import patience_spent, record_validation, stop_message
@@ -116,8 +117,9 @@ class Trainer:
 
     def __init__(self, cfg: Config, dist: DistInfo, model: torch.nn.Module, make_loader: MakeLoader):
         tc = cfg.train
-        if tc.batch_size % dist.world_size:
-            raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the world size {dist.world_size}")
+        if tc.batch_size % (dist.world_size * tc.accum_steps):
+            raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by the world size "
+                              f"{dist.world_size} x train.accum_steps={tc.accum_steps}")
         if cfg.data.skip_bad and dist.world_size > 1:  # a skipped sample would give ranks unequal batches
             raise ConfigError("data.skip_bad=true needs a single process: under torchrun a skipped sample leaves the "
                               "ranks with unequal batches (the contrastive all-gather and DDP need equal ones)")
@@ -164,9 +166,13 @@ class Trainer:
     def _fit(self, stop: StopSignals | NoStop) -> TrainResult:
         tc, dist, loop = self.cfg.train, self.dist, self.loop
         loss_fn = MAAVTLoss(self.cfg.model, torch.distributed.group.WORLD if dist.distributed else None)
-        step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
-                            tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile, seed=tc.seed,
-                            clip_grad_norm=tc.clip_grad_norm, loss_fn=loss_fn)
+        step_kwargs = dict(grad_mod_alpha=tc.grad_mod_alpha if tc.grad_mod else None, compile=tc.compile,
+                           seed=tc.seed, clip_grad_norm=tc.clip_grad_norm, loss_fn=loss_fn)
+        if tc.accum_steps == 1:
+            step_fn = TrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device, **step_kwargs)
+        else:
+            step_fn = AccumulatingTrainStep(self._network(), self.model, self.optimizer, self.precision, dist.device,
+                                            tc.accum_steps, **step_kwargs)
         if loop.step == 0:
             self.logger.reset()  # a fresh run in an existing folder starts a new log; a resumed one appends
         else:
@@ -174,7 +180,8 @@ class Trainer:
         n_train = sum(p.numel() for _, p in self.model.named_trainable_parameters())
         print_status(f"training {n_train:,} parameters on {dist.world_size} x {dist.device} | "
                      f"{self.precision.reason} | compile={'on' if tc.compile else 'off'} | {self.steps_per_epoch} "
-                     f"steps/epoch, {self.total_steps} steps, global batch {tc.batch_size} | {self.board.status}",
+                     f"steps/epoch, {self.total_steps} steps, global batch {tc.batch_size}"
+                     + (f" in {tc.accum_steps} micro-batches" if tc.accum_steps > 1 else "") + f" | {self.board.status}",
                      dist.is_main)
         self.logger.log("start", loop.step, precision=self.precision.name, compile=tc.compile,
                         world_size=dist.world_size, device=str(dist.device), trainable_params=n_train,

@@ -97,6 +97,11 @@ class TrainStep:
         with self.precision.autocast(self.device):
             out = self.loss_fn(self.model(audio, image), label)
         out.loss.backward()
+        return self.apply_gradients(out, label)
+
+    def apply_gradients(self, out, label: torch.Tensor) -> dict[str, torch.Tensor]:
+        """After the backward: OGM-GE (coefficients from `out.modality_logits`), clipping and the optimizer
+        step on the parameters' gradients -> the step's result (losses and counts of the batch `out`, `label`)."""
         if self.modality_params is not None:
             coeff_a, coeff_v = ogm_coefficients(*out.modality_logits, label, self.grad_mod_alpha)
             modulate_gradients(self.modality_params, coeff_a, coeff_v, self.noise)
