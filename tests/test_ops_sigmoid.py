@@ -21,6 +21,7 @@ from maavt_fast.ops import (BlockwiseSigmoidLoss, SigLipLoss, blockwise_sigmoid_
                             blockwise_sigmoid_loss_reference)
 from maavt_fast.ops._dispatch import kernel_device
 from maavt_fast.ops.sigmoid import sigmoid_loss_sums, sigmoid_loss_sums_reference
+from test_ops_contrastive import _features, _keep  # the same inputs and keep patterns as the InfoNCE tests
 from test_ops_distributed import _free_port, _in_group  # the gloo spawn pattern with its careful teardown
 
 # Tolerance per input dtype (atol = rtol) against the reference in fp64 on the same (exactly represented)
@@ -28,23 +29,6 @@ from test_ops_distributed import _free_port, _in_group  # the gloo spawn pattern
 # vectors are rounded to fp16, 2^-11) and the gradients are stored in fp16. bf16: the same with 2^-8
 # rounding (the interpreter upcasts bf16 dot operands but stores bf16 by truncation, up to 2^-7).
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
-
-
-def _features(L, B, P, dtype, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    audio = torch.randn(L, B, P, generator=g).to(device, dtype)
-    visual = (0.5 * audio.float() + torch.randn(L, B, P, generator=g).to(device)).to(dtype)
-    return audio, visual
-
-
-def _keep(B, pattern, device):
-    if pattern == "all":
-        return torch.ones(B, dtype=torch.bool, device=device)
-    if pattern == "one":
-        return torch.arange(B, device=device) == B // 2
-    if pattern == "none":
-        return torch.zeros(B, dtype=torch.bool, device=device)
-    return torch.rand(B, generator=torch.Generator().manual_seed(B)).to(device) > 0.3
 
 
 def _loss_and_grads(fn, audio, visual, scale, bias, upstream, **kwargs):
