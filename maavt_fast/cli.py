@@ -23,6 +23,7 @@ from maavt_fast.config_file import layered_config, read_config_file, with_absolu
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3  # the loss, weights or optimizer state became NaN/inf; no checkpoint was overwritten with them
+EXIT_RANK_TIMEOUT = 4  # under torchrun, a collective waited past train.dist_timeout_s (a hung or dead rank)
 # a run stopped by SIGINT / SIGTERM exits 128 + the signal number: 130 / 143, with `latest` written
 SYNTHETIC_PRESETS = ("synthetic", "tiny")  # presets for data `maavt synth` writes
 
@@ -312,6 +313,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     from maavt_fast.train.checkpoint import NonFiniteStateError
+    from maavt_fast.train.distributed import RankTimeout
     from maavt_fast.train.interrupt import RunInterrupted
     from maavt_fast.train.loop import NonFiniteLossError
 
@@ -331,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:
         print(f"maavt {args.command}: {e}", file=sys.stderr)
         return e.exit_code
+    except RankTimeout as e:
+        print(f"maavt {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_RANK_TIMEOUT
     except _user_errors() as e:
         print(f"maavt {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

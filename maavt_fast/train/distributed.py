@@ -46,6 +46,16 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+class RankTimeout(RuntimeError):
+    """A collective waited longer than `train.dist_timeout_s`: another rank is hung or dead."""
+
+
+def _is_timeout(err: BaseException) -> bool:
+    """Whether a collective's error is gloo's / NCCL's timeout (their messages differ; both say "timed out")."""
+    text = str(err).lower()
+    return "timed out" in text or "timeout" in text
+
+
 @contextmanager
 def process_group(requested_device: str = "auto", timeout_s: int = 300) -> Iterator[DistInfo]:
     """Join torchrun's process group (RANK / WORLD_SIZE / LOCAL_RANK; world_size 1 joins nothing) for the block.
@@ -71,6 +81,12 @@ def process_group(requested_device: str = "auto", timeout_s: int = 300) -> Itera
         if joined:
             gc.collect()
             barrier()
+    except RuntimeError as err:  # DistBackendError included
+        if joined and _is_timeout(err) and not isinstance(err, RankTimeout):
+            raise RankTimeout(f"rank {rank} of {world_size} waited more than train.dist_timeout_s={timeout_s} s "
+                              f"in a collective: another rank is hung or dead (its own log says which); "
+                              f"{str(err).splitlines()[0][:200]}") from err
+        raise
     finally:
         if joined:
             dist.destroy_process_group()
