@@ -100,7 +100,8 @@ def _identity(config: triton.Config) -> tuple:
 
 def autotuned(kernel, configs: dict[int, Sequence[TileConfig | triton.Config]], key: list[str], element_arg: str):
     """`triton.autotune` of `kernel` over the configs for the element size of argument `element_arg`
-    (pruned before timing; the interpreter cannot time kernels, so give it one config)."""
+    (pruned before timing). The interpreter cannot time kernels: there, launch a fixed config instead or pass
+    one config per element size."""
     per_size = {size: [c.triton_config() if isinstance(c, TileConfig) else c for c in group]
                 for size, group in configs.items()}
     every = list({_identity(c): c for group in per_size.values() for c in group}.values())
