@@ -117,8 +117,10 @@ def _group_attention_launches(dtype: torch.dtype):
 
 
 def _each_config(launch: _launch.Launch, quick: bool) -> list[_launch.Launch]:
-    """An autotuned launch as one launch per candidate config (`quick`: the last candidate only)."""
-    configs = launch.kernel.configs[-1:] if quick else launch.kernel.configs
+    """An autotuned launch as one launch per candidate autotune keeps for its arguments (`quick`: the last one)."""
+    tuner = launch.kernel
+    configs = tuner.early_config_prune(tuner.configs, dict(zip(tuner.arg_names, launch.args)))
+    configs = configs[-1:] if quick else configs
     return [_launch.Launch(launch.name, launch.kernel.fn, launch.args, launch.kwargs | c.kwargs
                            | {"num_warps": c.num_warps, "num_stages": c.num_stages}) for c in configs]
 

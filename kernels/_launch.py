@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import triton
@@ -94,17 +94,21 @@ def pinned(**configs: TileConfig) -> Iterator[None]:
         _pinned.update(previous)
 
 
-def autotuned(kernel, configs: dict[int, tuple[TileConfig, ...]], key: list[str], element_arg: str):
+def _identity(config: triton.Config) -> tuple:
+    return tuple(sorted(config.kwargs.items())), config.num_warps, config.num_stages
+
+
+def autotuned(kernel, configs: dict[int, Sequence[TileConfig | triton.Config]], key: list[str], element_arg: str):
     """`triton.autotune` of `kernel` over the configs for the element size of argument `element_arg`
-    (None under the interpreter, which cannot time kernels)."""
-    if INTERPRETED:
-        return None
-    every = [c.triton_config() for c in dict.fromkeys(c for group in configs.values() for c in group)]
+    (pruned before timing). The interpreter cannot time kernels: there, launch a fixed config instead or pass
+    one config per element size."""
+    per_size = {size: [c.triton_config() if isinstance(c, TileConfig) else c for c in group]
+                for size, group in configs.items()}
+    every = list({_identity(c): c for group in per_size.values() for c in group}.values())
+    allowed = {size: {_identity(c) for c in group} for size, group in per_size.items()}
 
     def for_dtype(candidates, named_args, **_):
-        allowed = configs[named_args[element_arg].element_size()]
-        return [c for c in candidates if TileConfig(c.kwargs["BR"], c.kwargs["BC"], c.kwargs["PC"], c.num_warps,
-                                                     c.num_stages) in allowed]
+        return [c for c in candidates if _identity(c) in allowed[named_args[element_arg].element_size()]]
 
     return triton.autotune(every, key=key, prune_configs_by={"early_config_prune": for_dtype})(kernel)
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from maavt_fast.kernels._launch import INTERPRETED, launch
+from maavt_fast.kernels._launch import INTERPRETED, autotuned, launch
 
 
 def _configs(fields: tuple[str, ...], values: list[tuple[int, ...]], interpreted: tuple[int, ...]
@@ -32,12 +32,22 @@ def _configs(fields: tuple[str, ...], values: list[tuple[int, ...]], interpreted
 
 # BM: own rows per program, BN: streamed rows per step, PC: features per dot step, GC: gradient features per
 # program (backward only: each program recomputes its logits over all P, so a wide GC saves recomputation).
-# Candidates compile for sm_90 with no or small (<= 124 B) register spills (ptxas -v, bf16, P = 512).
-FWD_CONFIGS = _configs(("BM", "BN", "PC"), [(64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 64, 128, 8, 2),
-                                             (64, 32, 64, 4, 3)], (64, 64, 64))
-BWD_CONFIGS = _configs(("BM", "BN", "PC", "GC"), [(64, 64, 64, 64, 8, 3), (64, 64, 64, 128, 8, 3),
-                                                   (64, 32, 64, 128, 8, 3),
-                                                   (32, 64, 64, 256, 8, 3), (32, 32, 64, 512, 8, 2)], (64, 64, 64, 128))
+# Candidates per element size compile for sm_90 with no register spills (`_aot_check`, P = 512); fp32 tiles are
+# smaller (fp32 operands hold twice the registers).
+_FWD_FIELDS, _BWD_FIELDS = ("BM", "BN", "PC"), ("BM", "BN", "PC", "GC")
+_FWD_INTERPRETED, _BWD_INTERPRETED = (64, 64, 64), (64, 64, 64, 128)
+FWD_CONFIGS = {
+    2: _configs(_FWD_FIELDS, [(64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 64, 128, 8, 2), (64, 32, 64, 4, 3)],
+                _FWD_INTERPRETED),
+    4: _configs(_FWD_FIELDS, [(64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 32, 64, 4, 3), (32, 32, 64, 4, 2)],
+                _FWD_INTERPRETED),
+}
+BWD_CONFIGS = {
+    2: _configs(_BWD_FIELDS, [(64, 64, 64, 64, 8, 3), (64, 64, 64, 128, 8, 3), (64, 32, 64, 128, 8, 3),
+                              (32, 64, 64, 256, 8, 3), (32, 32, 64, 512, 8, 2)], _BWD_INTERPRETED),
+    4: _configs(_BWD_FIELDS, [(64, 32, 32, 64, 8, 2), (32, 32, 64, 64, 4, 2), (32, 32, 32, 64, 8, 2)],
+                _BWD_INTERPRETED),
+}
 
 
 @triton.jit
@@ -203,8 +213,8 @@ def sigmoid_bwd_kernel(a_ptr, v_ptr, keep_ptr, scale_ptr, bias_ptr, grad_ptr, da
 
 
 _KEY = ["C", "R", "P"]
-sigmoid_fwd = triton.autotune(configs=FWD_CONFIGS, key=_KEY)(sigmoid_fwd_kernel)
-sigmoid_bwd = triton.autotune(configs=BWD_CONFIGS, key=_KEY)(sigmoid_bwd_kernel)
+sigmoid_fwd = autotuned(sigmoid_fwd_kernel, FWD_CONFIGS, _KEY, "a_ptr")
+sigmoid_bwd = autotuned(sigmoid_bwd_kernel, BWD_CONFIGS, _KEY, "a_ptr")
 
 
 def _dtype_flags(audio: torch.Tensor, visual: torch.Tensor) -> dict:

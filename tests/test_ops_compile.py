@@ -114,13 +114,16 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 
 def test_autotuner_offers_the_configs_of_the_input_dtype():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = ("import torch; from maavt_fast.kernels import contrastive as c\n"
-            "for dt in (torch.bfloat16, torch.float32):\n"
-            "    tuned = c._FORWARD_TUNED\n"
-            "    kept = tuned.early_config_prune(tuned.configs, {'a_ptr': torch.empty(0, dtype=dt)})\n"
-            "    print(len(kept), len(c.FORWARD_CONFIGS[torch.empty(0, dtype=dt).element_size()]))")
+    code = ("import torch; from maavt_fast.kernels import contrastive as c, sigmoid as s\n"
+            "for tuned, configs in ((c._FORWARD_TUNED, c.FORWARD_CONFIGS), (s.sigmoid_fwd, s.FWD_CONFIGS),\n"
+            "                       (s.sigmoid_bwd, s.BWD_CONFIGS)):\n"
+            "    for dt in (torch.bfloat16, torch.float32):\n"
+            "        kept = tuned.early_config_prune(tuned.configs, {'a_ptr': torch.empty(0, dtype=dt)})\n"
+            "        print(len(kept), len(configs[torch.empty(0, dtype=dt).element_size()]))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    for line in out.stdout.splitlines():
+    lines = out.stdout.splitlines()
+    assert len(lines) == 6, out.stdout
+    for line in lines:
         kept, expected = line.split()
         assert kept == expected
