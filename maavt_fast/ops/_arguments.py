@@ -53,8 +53,12 @@ def as_blocks(audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, 
     return audio, visual, False
 
 
+_AUTOCAST_DEVICES = ("cpu", "cuda")  # the devices these ops run on (a constant: older Dynamo cannot trace
+# torch.amp.is_autocast_available)
+
+
 def _autocast_on(device: torch.device) -> bool:
-    return torch.amp.is_autocast_available(device.type) and torch.is_autocast_enabled(device.type)
+    return device.type in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device.type)
 
 
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:

@@ -30,7 +30,7 @@ def multi_rank(group: dist.ProcessGroup | None = None) -> bool:
 def _gather_blocks(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """(N, B, ...) -> (N, W*B, ...) of all ranks, rank-major along dim 1, with autograd."""
     W = dist.get_world_size(group)
-    stacked = _all_gather(x, 0, group or dist.group.WORLD)  # (W*N, B, ...)
+    stacked = _all_gather(x.contiguous(), 0, group or dist.group.WORLD)  # (W*N, B, ...); torch 2.11 needs contiguous
     return stacked.view(W, *x.shape).transpose(0, 1).reshape(x.shape[0], W * x.shape[1], *x.shape[2:])
 
 
