@@ -35,4 +35,6 @@ def test_compiled_step_matches_eager_step(contrastive_loss):
         for k in e:
             torch.testing.assert_close(c[k], e[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
     for e, c in zip(eager_m, compiled_m):  # Adam moments = gradients (with the OGM-GE noise) agree
-        torch.testing.assert_close(c, e, rtol=1e-2, atol=1e-5 * e.abs().max().item())
+        # atol relative to the largest moment: near-zero elements differ by fusion rounding (torch 2.11: 5e-8
+        # on an element of a tensor whose largest is 2e-3)
+        torch.testing.assert_close(c, e, rtol=1e-2, atol=1e-4 * e.abs().max().item())

@@ -22,6 +22,18 @@ import torch.distributed._functional_collectives as funcol
 _all_gather = getattr(funcol, "all_gather_single_autograd", None) or funcol.all_gather_tensor_autograd
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient (torch 2.11's all-gather backward needs one)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
 def multi_rank(group: dist.ProcessGroup | None = None) -> bool:
     """True when torch.distributed is running and `group` (None: the default group) has more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
@@ -30,7 +42,7 @@ def multi_rank(group: dist.ProcessGroup | None = None) -> bool:
 def _gather_blocks(x: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
     """(N, B, ...) -> (N, W*B, ...) of all ranks, rank-major along dim 1, with autograd."""
     W = dist.get_world_size(group)
-    stacked = _all_gather(x.contiguous(), 0, group or dist.group.WORLD)  # (W*N, B, ...); torch 2.11 needs contiguous
+    stacked = _ContiguousGrad.apply(_all_gather(x.contiguous(), 0, group or dist.group.WORLD))  # (W*N, B, ...)
     return stacked.view(W, *x.shape).transpose(0, 1).reshape(x.shape[0], W * x.shape[1], *x.shape[2:])
 
 
