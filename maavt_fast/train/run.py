@@ -124,12 +124,13 @@ def run_train(cfg: Config, resume: str | Path | None = None, test_split: str | N
             return _fit_and_report(cfg, dist, resume, test_split)
 
 
-def with_checkpoint_classes(cfg: Config, path: str | Path | None) -> Config:
+def with_checkpoint_classes(cfg: Config, path: str | Path | None, ckpt: dict | None = None) -> Config:
     """`cfg` with the class names stored in our checkpoint at `path` when `cfg` names none, so label k means
-    the class it meant in training whatever order this copy of the data sorts in."""
+    the class it meant in training whatever order this copy of the data sorts in. `ckpt`: the file's
+    contents when the caller has read it already (else it is read here)."""
     if cfg.data.classes or path is None or not Path(path).is_file():
         return cfg
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     saved = () if is_official(ckpt) else checkpoint_config(ckpt, path).data.classes
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, classes=saved)) if saved else cfg
 
@@ -159,9 +160,9 @@ def _fit_and_report(cfg: Config, dist: DistInfo, resume: str | Path | None,
 def run_eval(cfg: Config, checkpoint: str | Path | None, split: str, out_dir: str | Path,
              n_attention: int = 8) -> Report:
     """Evaluate a checkpoint (ours or official; None = the untrained model) on `split`; write the report."""
-    cfg = with_checkpoint_classes(cfg, checkpoint)
+    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None  # read once: classes, ViT, weights
+    cfg = with_checkpoint_classes(cfg, checkpoint, ckpt)
     with process_group(cfg.train.device, cfg.train.dist_timeout_s) as dist, torch.no_grad():
-        ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
         model = build_model(cfg, vit_weights_follow=supplies_vit(ckpt))
         if ckpt is not None:
             load_weights(ckpt, model, checkpoint)
